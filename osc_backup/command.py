@@ -1,0 +1,114 @@
+#   Licensed under the Apache License, Version 2.0 (the "License"); you may
+#   not use this file except in compliance with the License. You may obtain
+#   a copy of the License at
+#
+#        http://www.apache.org/licenses/LICENSE-2.0
+#
+#   Unless required by applicable law or agreed to in writing, software
+#   distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#   WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#   License for the specific language governing permissions and limitations
+#   under the License.
+
+"""Typed command bases for osc-backup (after OSC's ``command.py``).
+
+Commands stay thin: parse, call a procedure, format. Procedures raise
+:class:`osc_backup.common.errors.BackupError`; the bases turn it into
+``CommandError`` so the user gets one clear message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from osc_lib import exceptions
+from osc_lib.command import command
+
+from osc_backup.common import errors
+from osc_backup.common.progress import Reporter
+
+
+class _Base:
+    app: Any
+
+    def connection(self) -> Any:
+        """The openstacksdk Connection osc-lib built (auth, region...)."""
+        return self.app.client_manager.sdk_connection
+
+    def reporter(self, parsed_args: argparse.Namespace) -> Reporter:
+        """Progress on stderr, only on a terminal and unless --quiet."""
+        stderr = self.app.stderr
+        level = getattr(getattr(self.app, 'options', None), 'verbose_level', 1)
+        isatty = getattr(stderr, 'isatty', None)
+        progress = bool(isatty and isatty()) and level != 0
+        return Reporter(stream=stderr, progress=progress)
+
+
+class ShowOne(_Base, command.ShowOne):
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        try:
+            return self.backup_action(parsed_args)
+        except errors.BackupError as exc:
+            raise exceptions.CommandError(str(exc)) from exc
+
+    def backup_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        raise NotImplementedError
+
+
+class Lister(_Base, command.Lister):
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        try:
+            return self.backup_action(parsed_args)
+        except errors.BackupError as exc:
+            raise exceptions.CommandError(str(exc)) from exc
+
+    def backup_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        raise NotImplementedError
+
+
+def positive_float(text: str) -> float:
+    """argparse type for --timeout."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError('must be greater than 0')
+    return value
+
+
+def add_wait_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--wait/--no-wait and --timeout, the same on every verb."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        '--wait',
+        dest='wait',
+        action='store_true',
+        default=True,
+        help=f'Wait until {what} (default)',
+    )
+    group.add_argument(
+        '--no-wait',
+        dest='wait',
+        action='store_false',
+        help='Return as soon as the cloud has accepted the request, where '
+        'the procedure allows it (see the command description)',
+    )
+    parser.add_argument(
+        '--timeout',
+        metavar='<seconds>',
+        type=positive_float,
+        default=3600.0,
+        help='Give up when the whole run takes longer than this many '
+        'seconds (default: 3600); temporary resources are still removed',
+    )

@@ -1,0 +1,177 @@
+#   Licensed under the Apache License, Version 2.0 (the "License"); you may
+#   not use this file except in compliance with the License. You may obtain
+#   a copy of the License at
+#
+#        http://www.apache.org/licenses/LICENSE-2.0
+#
+#   Unless required by applicable law or agreed to in writing, software
+#   distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#   WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#   License for the specific language governing permissions and limitations
+#   under the License.
+
+"""Volume steps shared by the volume procedures.
+
+Lookup with clear errors, temporary snapshots and volumes that register
+their own undo actions, and the deletions those actions perform.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openstack import exceptions as sdk_exc
+
+from osc_backup.common import errors
+from osc_backup.common import microversion
+from osc_backup.common import waits
+from osc_backup.common.cleanup import Cleanup
+from osc_backup.common.tags import Run
+
+#: how long one cleanup step may wait (independent of --timeout, which
+#: may already be spent when cleanup runs)
+CLEANUP_TIMEOUT = 600.0
+
+#: volume statuses from which a volume returns by itself (we wait them out
+#: before deleting a temporary volume)
+BUSY_VOLUME = ('creating', 'uploading', 'downloading', 'backing-up',
+               'attaching', 'detaching', 'restoring-backup')
+
+
+def find_volume(block_storage: Any, name_or_id: str) -> Any:
+    """Resolve a volume by name or ID, with one clear error."""
+    try:
+        return block_storage.find_volume(name_or_id, ignore_missing=False)
+    except sdk_exc.DuplicateResource:
+        raise errors.InvalidInput(
+            f"More than one volume is named '{name_or_id}': use its ID."
+        ) from None
+    except sdk_exc.NotFoundException:
+        raise errors.InvalidInput(
+            f"No volume with name or ID '{name_or_id}' found."
+        ) from None
+
+
+def volume_label(volume: Any) -> str:
+    return f"{volume.id} ({volume.name})" if volume.name else volume.id
+
+
+def delete_volume(
+    block_storage: Any,
+    volume_id: str,
+    *,
+    step: str,
+    interval: float = waits.DEFAULT_INTERVAL,
+) -> None:
+    """Delete a volume we created and wait until it is gone."""
+    try:
+        volume = block_storage.get_volume(volume_id)
+    except sdk_exc.NotFoundException:
+        return
+    if volume.status in BUSY_VOLUME:
+        volume = waits.wait_for_status(
+            block_storage, volume, 'available', kind='volume',
+            step=step, timeout=CLEANUP_TIMEOUT, interval=interval,
+            failures=['error', 'error_restoring', 'error_extending'],
+        )
+    block_storage.delete_volume(volume, ignore_missing=True)
+    waits.wait_for_delete(
+        block_storage, volume, kind='volume', step=step,
+        timeout=CLEANUP_TIMEOUT, interval=interval,
+    )
+
+
+def delete_snapshot(
+    block_storage: Any,
+    snapshot_id: str,
+    *,
+    step: str,
+    interval: float = waits.DEFAULT_INTERVAL,
+) -> None:
+    """Delete a snapshot we created and wait until it is gone."""
+    try:
+        snap = block_storage.get_snapshot(snapshot_id)
+    except sdk_exc.NotFoundException:
+        return
+    if snap.status == 'creating':
+        snap = waits.wait_for_status(
+            block_storage, snap, 'available', kind='snapshot',
+            step=step, timeout=CLEANUP_TIMEOUT, interval=interval,
+            failures=['error'],
+        )
+    block_storage.delete_snapshot(snap, ignore_missing=True)
+    waits.wait_for_delete(
+        block_storage, snap, kind='snapshot', step=step,
+        timeout=CLEANUP_TIMEOUT, interval=interval,
+    )
+
+
+def create_temporary_snapshot(
+    block_storage: Any,
+    volume: Any,
+    *,
+    run: Run,
+    cleanup: Cleanup,
+    timeout: float | waits.Deadline,
+    interval: float = waits.DEFAULT_INTERVAL,
+) -> Any:
+    """Snapshot ``volume`` (forced only where the microversion needs it),
+    register its deletion, and wait until it is ``available``."""
+    force = microversion.snapshot_needs_force(block_storage, volume.status)
+    attrs: dict[str, Any] = {
+        'volume_id': volume.id,
+        'name': run.temporary_name('snapshot', volume.name or volume.id),
+        'description': f'Temporary snapshot of osc-backup run {run.run_id}',
+        'metadata': run.temporary_metadata(volume.id),
+    }
+    if force:
+        attrs['force'] = True
+    snap = block_storage.create_snapshot(**attrs)
+    cleanup.add(
+        f'delete temporary snapshot {snap.id}',
+        lambda: delete_snapshot(
+            block_storage, snap.id,
+            step='delete temporary snapshot', interval=interval,
+        ),
+        leftover=f'snapshot {snap.id}',
+        remove_command=f'openstack volume snapshot delete {snap.id}',
+    )
+    return waits.wait_for_status(
+        block_storage, snap, 'available', kind='snapshot',
+        step='create temporary snapshot', timeout=timeout, interval=interval,
+    )
+
+
+def create_temporary_volume(
+    block_storage: Any,
+    snapshot: Any,
+    source: Any,
+    *,
+    run: Run,
+    cleanup: Cleanup,
+    timeout: float | waits.Deadline,
+    interval: float = waits.DEFAULT_INTERVAL,
+) -> Any:
+    """A temporary volume from ``snapshot``; deletion registered; waits
+    until ``available``."""
+    vol = block_storage.create_volume(
+        snapshot_id=snapshot.id,
+        size=source.size,
+        name=run.temporary_name('volume', source.name or source.id),
+        description=f'Temporary volume of osc-backup run {run.run_id}',
+        metadata=run.temporary_metadata(source.id),
+    )
+    cleanup.add(
+        f'delete temporary volume {vol.id}',
+        lambda: delete_volume(
+            block_storage, vol.id,
+            step='delete temporary volume', interval=interval,
+        ),
+        leftover=f'volume {vol.id}',
+        remove_command=f'openstack volume delete {vol.id}',
+    )
+    return waits.wait_for_status(
+        block_storage, vol, 'available', kind='volume',
+        step='create temporary volume from snapshot', timeout=timeout,
+        interval=interval,
+    )

@@ -1,0 +1,207 @@
+#   Licensed under the Apache License, Version 2.0 (the "License"); you may
+#   not use this file except in compliance with the License. You may obtain
+#   a copy of the License at
+#
+#        http://www.apache.org/licenses/LICENSE-2.0
+#
+#   Unless required by applicable law or agreed to in writing, software
+#   distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#   WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#   License for the specific language governing permissions and limitations
+#   under the License.
+
+"""The one waiting helper: bounded waits with failure states.
+
+Built on openstacksdk's ``wait_for_status`` / ``wait_for_delete`` (which
+every proxy has). Every wait is bounded; a failure state or a timeout
+becomes an error that names the step, the resource, its status and any
+fault message the cloud recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from openstack import exceptions as sdk_exc
+
+from osc_backup.common import errors
+
+LOG = logging.getLogger(__name__)
+
+T = TypeVar('T')
+
+#: Statuses that end a wait with an error, per kind of resource.
+#: openstacksdk compares exact (lower-cased) names, so the ``error_*``
+#: family is spelled out.
+FAILURES: dict[str, list[str]] = {
+    'volume': [
+        'error',
+        'error_restoring',
+        'error_extending',
+        'error_managing',
+        'error_deleting',
+        'error_backing-up',
+        'deleted',
+    ],
+    'snapshot': ['error', 'error_deleting', 'deleted'],
+    'backup': ['error', 'error_deleting', 'error_restoring', 'deleted'],
+    'image': ['killed', 'deleted', 'pending_delete', 'deactivated'],
+}
+
+DEFAULT_INTERVAL = 2.0
+
+
+class Deadline:
+    """An overall time budget shared by the waits of one run."""
+
+    def __init__(
+        self, timeout: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._end = clock() + timeout
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - self._clock())
+
+
+def _budget(timeout: float | Deadline) -> float:
+    if isinstance(timeout, Deadline):
+        return timeout.remaining()
+    return float(timeout)
+
+
+def _fault(proxy: Any, resource: Any) -> str:
+    """Best effort: what the cloud says went wrong with ``resource``."""
+    for attr in ('fail_reason', 'fault', 'message'):
+        value = getattr(resource, attr, None)
+        if value:
+            if isinstance(value, dict):
+                value = value.get('message') or value
+            return str(value)
+    messages = getattr(proxy, 'messages', None)
+    if messages is None:
+        return ''
+    try:
+        for msg in messages(sort='created_at:desc', limit=50):
+            if getattr(msg, 'resource_uuid', None) == resource.id:
+                return str(msg.user_message)
+    except Exception as exc:  # a fault lookup must never mask the error
+        LOG.debug('Could not read Cinder user messages: %s', exc)
+    return ''
+
+
+def _refresh(proxy: Any, resource: T) -> T | None:
+    try:
+        return resource.fetch(  # type: ignore[attr-defined,no-any-return]
+            proxy, skip_cache=True
+        )
+    except sdk_exc.NotFoundException:
+        return None
+    except Exception as exc:
+        LOG.debug('Could not refresh %s: %s', resource, exc)
+        return resource
+
+
+def wait_for_status(
+    proxy: Any,
+    resource: T,
+    status: str,
+    *,
+    kind: str,
+    step: str,
+    timeout: float | Deadline,
+    failures: list[str] | None = None,
+    interval: float = DEFAULT_INTERVAL,
+) -> T:
+    """Wait until ``resource`` reaches ``status``; never forever.
+
+    :param proxy: the openstacksdk service proxy owning the resource.
+    :param kind: 'volume', 'snapshot', 'backup' or 'image' (for messages
+        and for the default failure states).
+    :param step: what the run was doing, for the error message.
+    :param timeout: seconds, or a :class:`Deadline` shared by the run.
+    :raises WaitError: the resource went to a failure state or vanished.
+    :raises WaitTimeout: the time ran out.
+    """
+    wait = _budget(timeout)
+    res_id = getattr(resource, 'id', resource)
+    if failures is None:
+        failures = FAILURES.get(kind, ['error'])
+    if wait <= 0:
+        raise errors.WaitTimeout(
+            f"Timed out before step '{step}': no time left to wait for "
+            f"{kind} {res_id} to become '{status}' (raise --timeout)."
+        )
+    try:
+        return proxy.wait_for_status(  # type: ignore[no-any-return]
+            resource,
+            status=status,
+            failures=failures,
+            interval=interval,
+            wait=max(1, int(wait)),
+        )
+    except sdk_exc.ResourceTimeout:
+        current = _refresh(proxy, resource)
+        now = getattr(current, 'status', 'unknown') if current else 'gone'
+        raise errors.WaitTimeout(
+            f"Timed out after {int(wait)}s in step '{step}': {kind} "
+            f"{res_id} is '{now}', expected '{status}' (raise --timeout, or "
+            f"inspect it with 'openstack {cli_noun(kind)} show {res_id}')."
+        ) from None
+    except sdk_exc.ResourceFailure as exc:
+        current = _refresh(proxy, resource)
+        if current is None:
+            raise errors.WaitError(
+                f"Step '{step}' failed: {kind} {res_id} disappeared while "
+                f"waiting for '{status}'."
+            ) from None
+        fault = _fault(proxy, current)
+        detail = f': {fault}' if fault else ''
+        raise errors.WaitError(
+            f"Step '{step}' failed: {kind} {res_id} went to status "
+            f"'{getattr(current, 'status', '?')}'{detail}"
+        ) from exc
+    except sdk_exc.NotFoundException:
+        raise errors.WaitError(
+            f"Step '{step}' failed: {kind} {res_id} disappeared while "
+            f"waiting for '{status}'."
+        ) from None
+
+
+def wait_for_delete(
+    proxy: Any,
+    resource: T,
+    *,
+    kind: str,
+    step: str,
+    timeout: float | Deadline,
+    interval: float = DEFAULT_INTERVAL,
+) -> None:
+    """Wait until ``resource`` is gone (404); bounded."""
+    wait = _budget(timeout)
+    res_id = getattr(resource, 'id', resource)
+    try:
+        proxy.wait_for_delete(
+            resource, interval=interval, wait=max(1, int(wait))
+        )
+    except sdk_exc.ResourceTimeout:
+        current = _refresh(proxy, resource)
+        now = getattr(current, 'status', 'unknown') if current else 'gone'
+        raise errors.WaitTimeout(
+            f"Timed out after {int(wait)}s in step '{step}': {kind} "
+            f"{res_id} is still there with status '{now}'."
+        ) from None
+
+
+def cli_noun(kind: str) -> str:
+    """The ``openstack`` CLI noun for a kind of resource."""
+    return {
+        'volume': 'volume',
+        'snapshot': 'volume snapshot',
+        'backup': 'volume backup',
+        'image': 'image',
+    }.get(kind, kind)

@@ -1,0 +1,340 @@
+#   Licensed under the Apache License, Version 2.0 (the "License"); you may
+#   not use this file except in compliance with the License. You may obtain
+#   a copy of the License at
+#
+#        http://www.apache.org/licenses/LICENSE-2.0
+#
+#   Unless required by applicable law or agreed to in writing, software
+#   distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#   WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#   License for the specific language governing permissions and limitations
+#   under the License.
+
+"""Volume -> Glance image (the guide's "Volume data backup using Glance
+images"), detached and attached.
+
+* ``available``: upload-to-image, wait for the image to be ``active`` and
+  the volume to be ``available`` again. The result is ``offline``
+  (consistent) data.
+* ``in-use``: upload-to-image of an attached volume needs Cinder's
+  ``enable_force_upload`` (off on most clouds), so: snapshot (forced only
+  below microversion 3.66) -> temporary volume -> upload -> wait ->
+  delete the temporaries. The result is crash-consistent.
+
+Plain module: takes an openstacksdk ``Connection``; no cliff.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from openstack import exceptions as sdk_exc
+
+from osc_backup.common import errors
+from osc_backup.common import microversion
+from osc_backup.common import tags
+from osc_backup.common import volumes
+from osc_backup.common import waits
+from osc_backup.common.cleanup import PARTIAL, Cleanup
+from osc_backup.common.progress import Reporter
+
+METHOD = 'image'
+
+#: volume status -> consistency of a backup taken in that status
+CONSISTENCY = {'available': 'offline', 'in-use': 'crash-consistent'}
+
+DISK_FORMATS = ('raw', 'qcow2', 'vmdk', 'vdi', 'vhd', 'vhdx')
+CONTAINER_FORMATS = ('bare', 'ovf', 'ova', 'docker', 'compressed')
+
+#: Image properties recorded on every backup image (keys).
+PROP_METHOD = tags.PREFIX + 'method'
+PROP_SOURCE_ID = tags.PREFIX + 'source_volume_id'
+PROP_SOURCE_NAME = tags.PREFIX + 'source_volume_name'
+PROP_VOLUME_TYPE = tags.PREFIX + 'volume_type'
+PROP_SIZE = tags.PREFIX + 'volume_size_gb'
+PROP_BOOTABLE = tags.PREFIX + 'bootable'
+PROP_ENCRYPTED = tags.PREFIX + 'encrypted'
+PROP_CONSISTENCY = tags.PREFIX + 'consistency'
+PROP_RUN_ID = tags.KEY_RUN_ID
+PROP_TOOL = tags.KEY_TOOL
+PROP_VERSION = tags.PREFIX + 'tool_version'
+PROP_CREATED = tags.PREFIX + 'created_at'
+
+CRASH_WARNING = (
+    "volume {volume} is in-use: the backup is crash-consistent (like "
+    "pulling the power cord), not application-consistent. Quiesce or "
+    "freeze the filesystem first if you need more."
+)
+
+
+@dataclass
+class Options:
+    name: str | None = None
+    description: str | None = None
+    disk_format: str = 'raw'
+    container_format: str = 'bare'
+    properties: dict[str, str] = field(default_factory=dict)
+    wait: bool = True
+    timeout: float = 3600.0
+    keep_temporary: bool = False
+    interval: float = waits.DEFAULT_INTERVAL
+
+
+def preflight(volume: Any, opts: Options) -> str:
+    """Check everything we can before creating anything.
+
+    :returns: the consistency label of the backup to be made.
+    :raises errors.InvalidInput: with one clear line.
+    """
+    status = volume.status
+    label = volumes.volume_label(volume)
+    if status not in CONSISTENCY:
+        raise errors.InvalidInput(
+            f"Volume {label} is '{status}': only 'available' or 'in-use' "
+            "volumes can be backed up; wait until it is, or ask the cloud "
+            "operator if it is stuck."
+        )
+    if opts.disk_format not in DISK_FORMATS:
+        raise errors.InvalidInput(
+            f"Unsupported disk format '{opts.disk_format}'."
+        )
+    if opts.container_format not in CONTAINER_FORMATS:
+        raise errors.InvalidInput(
+            f"Unsupported container format '{opts.container_format}'."
+        )
+    if volume.is_encrypted and (
+        opts.disk_format != 'raw' or opts.container_format != 'bare'
+    ):
+        raise errors.InvalidInput(
+            f"Volume {label} is encrypted: Cinder uploads encrypted volumes "
+            "only as --disk-format raw --container-format bare."
+        )
+    reserved = sorted(k for k in opts.properties if k.startswith(tags.PREFIX))
+    if reserved:
+        raise errors.InvalidInput(
+            f"Property keys starting with '{tags.PREFIX}' are reserved for "
+            f"osc-backup's own record: {', '.join(reserved)}."
+        )
+    if status == 'in-use' and not opts.wait:
+        raise errors.InvalidInput(
+            f"Volume {label} is in-use: --no-wait is not possible, because "
+            "the temporary snapshot and volume can only be deleted after "
+            "the upload has finished. Run without --no-wait."
+        )
+    if opts.timeout <= 0:
+        raise errors.InvalidInput('--timeout must be a positive number.')
+    return CONSISTENCY[status]
+
+
+def record_properties(
+    volume: Any, consistency: str, run: tags.Run
+) -> dict[str, str]:
+    """What a restore and a catalog need, as image properties."""
+    return {
+        PROP_TOOL: tags.TOOL,
+        PROP_METHOD: METHOD,
+        PROP_SOURCE_ID: volume.id,
+        PROP_SOURCE_NAME: volume.name or '',
+        PROP_VOLUME_TYPE: volume.volume_type or '',
+        PROP_SIZE: str(volume.size),
+        PROP_BOOTABLE: str(bool(volume.is_bootable)).lower(),
+        PROP_ENCRYPTED: str(bool(volume.is_encrypted)).lower(),
+        PROP_CONSISTENCY: consistency,
+        PROP_RUN_ID: run.run_id,
+        PROP_VERSION: tags.tool_version(),
+        PROP_CREATED: run.started.isoformat(timespec='seconds'),
+    }
+
+
+def plan(
+    conn: Any, volume: Any, opts: Options, run: tags.Run
+) -> dict[str, Any]:
+    """The steps and API calls a real run would make; changes nothing."""
+    consistency = preflight(volume, opts)
+    name = opts.name or run.default_name(volume.name or volume.id)
+    fmt = f'{opts.disk_format}/{opts.container_format}'
+    steps: list[str] = []
+    if volume.status == 'in-use':
+        force = microversion.snapshot_needs_force(
+            conn.block_storage, volume.status
+        )
+        version = microversion.snapshot_microversion(conn.block_storage)
+        steps += [
+            f'POST /snapshots volume_id={volume.id} '
+            f'force={str(force).lower()} (microversion {version or "3.0"})'
+            ' -> wait available',
+            f'POST /volumes snapshot_id=<snapshot> size={volume.size} '
+            '-> wait available',
+            f'POST /volumes/<temporary volume>/action os-volume_upload_image '
+            f'image_name={name} {fmt}',
+            'wait image active; wait temporary volume available',
+            f'set image properties {tags.PREFIX}*',
+            'DELETE /volumes/<temporary volume> -> wait gone',
+            'DELETE /snapshots/<snapshot> -> wait gone',
+        ]
+    else:
+        steps += [
+            f'POST /volumes/{volume.id}/action os-volume_upload_image '
+            f'image_name={name} {fmt}',
+            f'set image properties {tags.PREFIX}*',
+        ]
+        if opts.wait:
+            steps.append('wait image active; wait volume available')
+    return {
+        'dry_run': True,
+        'method': METHOD,
+        'source_volume_id': volume.id,
+        'source_volume_name': volume.name,
+        'source_volume_status': volume.status,
+        'consistency': consistency,
+        'name': name,
+        'steps': steps,
+    }
+
+
+def _upload(
+    conn: Any,
+    upload_from: Any,
+    source: Any,
+    name: str,
+    opts: Options,
+    consistency: str,
+    run: tags.Run,
+    cleanup: Cleanup,
+    reporter: Reporter,
+) -> Any:
+    """Request the upload, register the image's removal on failure, and
+    record the backup's properties. Returns the image."""
+    bs = conn.block_storage
+    reporter.step(f'Uploading volume {upload_from.id} to image {name}')
+    response = bs.upload_volume_to_image(
+        upload_from,
+        name,
+        force=False,
+        disk_format=opts.disk_format,
+        container_format=opts.container_format,
+    )
+    image_id: str = response['image_id']
+    cleanup.add(
+        f'delete incomplete image {image_id}',
+        lambda: conn.image.delete_image(image_id, ignore_missing=True),
+        leftover=f'image {image_id}',
+        remove_command=f'openstack image delete {image_id}',
+        when=PARTIAL,
+    )
+    props = record_properties(source, consistency, run)
+    props.update(opts.properties)
+    if opts.description:
+        props['description'] = opts.description
+    image = conn.image.get_image(image_id)
+    return conn.image.update_image(image, **props)
+
+
+def backup_volume_via_image(
+    conn: Any,
+    volume: Any,
+    opts: Options,
+    *,
+    run: tags.Run,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Back up ``volume`` to a Glance image. See the module docstring."""
+    consistency = preflight(volume, opts)
+    bs = conn.block_storage
+    started = time.monotonic()
+    deadline = waits.Deadline(opts.timeout)
+    name = opts.name or run.default_name(volume.name or volume.id)
+    label = volumes.volume_label(volume)
+    if volume.status == 'in-use':
+        reporter.warn(CRASH_WARNING.format(volume=label))
+    if volume.is_encrypted:
+        reporter.note(
+            f'Volume {label} is encrypted: the image holds raw LUKS data '
+            'and is useless without its key. Cinder stores a copy of the key '
+            'in Barbican; the image property cinder_encryption_key_id names '
+            'it. Back that secret up too.'
+        )
+
+    cleanup = Cleanup(
+        reporter, keep_temporary=opts.keep_temporary, run_id=run.run_id
+    )
+    with cleanup.guard():
+        if volume.status == 'in-use':
+            reporter.step(f'Creating temporary snapshot of {label}')
+            snap = volumes.create_temporary_snapshot(
+                bs, volume, run=run, cleanup=cleanup, timeout=deadline,
+                interval=opts.interval,
+            )
+            reporter.step(f'Creating temporary volume from snapshot {snap.id}')
+            upload_from = volumes.create_temporary_volume(
+                bs, snap, volume, run=run, cleanup=cleanup, timeout=deadline,
+                interval=opts.interval,
+            )
+        else:
+            upload_from = volume
+            cleanup.add(
+                f'wait for volume {volume.id} to leave uploading',
+                lambda: _settle_source(bs, volume, opts.interval),
+                leftover=f'volume {volume.id} (busy uploading)',
+                remove_command=(
+                    f'openstack volume show {volume.id}  '
+                    '# wait until it is available again'
+                ),
+                when=PARTIAL,
+            )
+        image = _upload(
+            conn, upload_from, volume, name, opts, consistency, run,
+            cleanup, reporter,
+        )
+        image_id = image.id
+        if opts.wait:
+            reporter.step(f'Waiting for image {image_id} to become active')
+            image = waits.wait_for_status(
+                conn.image, image, 'active', kind='image',
+                step='upload volume to image', timeout=deadline,
+                interval=opts.interval,
+            )
+            reporter.step(
+                f'Waiting for volume {upload_from.id} to be available again'
+            )
+            waits.wait_for_status(
+                bs, upload_from, 'available', kind='volume',
+                step='wait for the uploaded volume to be released',
+                timeout=deadline, interval=opts.interval,
+            )
+        cleanup.outcome = f'image {image_id} is {image.status}'
+
+    return {
+        'image_id': image.id,
+        'name': image.name,
+        'status': image.status,
+        'size': image.size,
+        'disk_format': image.disk_format,
+        'container_format': image.container_format,
+        'checksum': image.checksum,
+        'os_hash_algo': image.hash_algo,
+        'os_hash_value': image.hash_value,
+        'source_volume_id': volume.id,
+        'source_volume_name': volume.name,
+        'method': METHOD,
+        'consistency': consistency,
+        'encrypted': bool(volume.is_encrypted),
+        'run_id': run.run_id,
+        'duration': round(time.monotonic() - started, 1),
+    }
+
+
+def _settle_source(bs: Any, volume: Any, interval: float) -> None:
+    """After a failed upload, wait until Cinder has released the source."""
+    try:
+        current = bs.get_volume(volume.id)
+    except sdk_exc.NotFoundException:
+        return
+    if current.status == 'uploading':
+        waits.wait_for_status(
+            bs, current, volume.status, kind='volume',
+            step='wait for the source volume to be released',
+            timeout=volumes.CLEANUP_TIMEOUT, interval=interval,
+        )

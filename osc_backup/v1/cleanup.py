@@ -1,0 +1,82 @@
+#   Licensed under the Apache License, Version 2.0 (the "License"); you may
+#   not use this file except in compliance with the License. You may obtain
+#   a copy of the License at
+#
+#        http://www.apache.org/licenses/LICENSE-2.0
+#
+#   Unless required by applicable law or agreed to in writing, software
+#   distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#   WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#   License for the specific language governing permissions and limitations
+#   under the License.
+
+"""``openstack backup cleanup``"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from osc_backup import command
+from osc_backup.i18n import _
+
+COLUMNS = ('kind', 'id', 'name', 'status', 'run_id', 'created_at', 'result')
+HEADERS = ('Kind', 'ID', 'Name', 'Status', 'Run ID', 'Created At', 'Result')
+
+
+class Cleanup(command.Lister):
+    _description = _(
+        "Remove temporary resources that interrupted runs left behind\n\n"
+        "Finds the temporary volumes and snapshots that osc-backup marks "
+        "with its metadata (osc_backup_tool, osc_backup_run_id, "
+        "osc_backup_temporary) in the current project, and deletes them, "
+        "waiting until they are gone. Do not run it without --run-id while "
+        "another osc-backup run is in progress in the same project: that "
+        "run's temporaries would be removed too."
+    )
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            '--run-id',
+            metavar='<run-id>',
+            help=_(
+                'Only the resources of this run (the run ID is in the '
+                'output and error messages of every backup command)'
+            ),
+        )
+        parser.add_argument(
+            '--dry-run',
+            action='store_true',
+            help=_('List what would be removed; remove nothing'),
+        )
+        return parser
+
+    def backup_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        from osc_lib import exceptions
+
+        from osc_backup.procedures import leftovers
+
+        conn = self.connection()
+        found = leftovers.find_leftovers(conn, parsed_args.run_id)
+        if parsed_args.dry_run:
+            for lo in found:
+                lo.result = 'would delete'
+            failed = []
+        else:
+            failed = leftovers.remove_leftovers(
+                conn, found, self.reporter(parsed_args)
+            )
+        if failed:
+            # Print the table first, then fail: the user sees what is left.
+            rows = [[getattr(lo, c) for c in COLUMNS] for lo in found]
+            self.produce_output(parsed_args, HEADERS, rows)
+            raise exceptions.CommandError(
+                f'{len(failed)} of {len(found)} leftovers could not be '
+                'removed; remove them with:\n'
+                + '\n'.join(f'  {lo.remove_command}' for lo in failed)
+            )
+        return HEADERS, ([getattr(lo, c) for c in COLUMNS] for lo in found)
