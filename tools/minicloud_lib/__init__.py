@@ -1,0 +1,1 @@
+"""Support code for tools/minicloud (loaded by the cloud's own services)."""
