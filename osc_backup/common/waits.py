@@ -94,15 +94,17 @@ def _fault(proxy: Any, resource: Any) -> str:
     return ''
 
 
-def _refresh(proxy: Any, resource: T) -> T | None:
+def _refresh(proxy: Any, resource: Any, kind: str) -> Any | None:
+    """The resource as the cloud sees it now; None when it is gone."""
+    getter = getattr(proxy, f'get_{kind}', None)
+    if getter is None:
+        return resource
     try:
-        return resource.fetch(  # type: ignore[attr-defined,no-any-return]
-            proxy, skip_cache=True
-        )
+        return getter(getattr(resource, 'id', resource))
     except sdk_exc.NotFoundException:
         return None
     except Exception as exc:
-        LOG.debug('Could not refresh %s: %s', resource, exc)
+        LOG.debug('Could not refresh %s %s: %s', kind, resource, exc)
         return resource
 
 
@@ -145,7 +147,7 @@ def wait_for_status(
             wait=max(1, int(wait)),
         )
     except sdk_exc.ResourceTimeout:
-        current = _refresh(proxy, resource)
+        current = _refresh(proxy, resource, kind)
         now = getattr(current, 'status', 'unknown') if current else 'gone'
         raise errors.WaitTimeout(
             f"Timed out after {int(wait)}s in step '{step}': {kind} "
@@ -153,7 +155,7 @@ def wait_for_status(
             f"inspect it with 'openstack {cli_noun(kind)} show {res_id}')."
         ) from None
     except sdk_exc.ResourceFailure as exc:
-        current = _refresh(proxy, resource)
+        current = _refresh(proxy, resource, kind)
         if current is None:
             raise errors.WaitError(
                 f"Step '{step}' failed: {kind} {res_id} disappeared while "
@@ -189,7 +191,7 @@ def wait_for_delete(
             resource, interval=interval, wait=max(1, int(wait))
         )
     except sdk_exc.ResourceTimeout:
-        current = _refresh(proxy, resource)
+        current = _refresh(proxy, resource, kind)
         now = getattr(current, 'status', 'unknown') if current else 'gone'
         raise errors.WaitTimeout(
             f"Timed out after {int(wait)}s in step '{step}': {kind} "

@@ -71,9 +71,6 @@ class Cleanup(command.Lister):
                 conn, found, self.reporter(parsed_args)
             )
         if failed:
-            # Print the table first, then fail: the user sees what is left.
-            rows = [[getattr(lo, c) for c in COLUMNS] for lo in found]
-            self.produce_output(parsed_args, HEADERS, rows)
             raise exceptions.CommandError(
                 f'{len(failed)} of {len(found)} leftovers could not be '
                 'removed; remove them with:\n'

@@ -1,0 +1,377 @@
+import io
+from unittest import mock
+
+from openstack import exceptions as sdk_exc
+
+from osc_backup.common import errors
+from osc_backup.common import tags
+from osc_backup.common.progress import Reporter
+from osc_backup.procedures import volume_image
+from osc_backup.tests.unit import base
+from osc_backup.tests.unit import fakes
+
+
+class ProcedureTestCase(base.TestCase):
+    """A fake cloud whose waits succeed unless a test says otherwise."""
+
+    microversion = '3.65'
+
+    def setUp(self):
+        super().setUp()
+        self.bs, self.image_proxy = fakes.make_proxies()
+        self.conn = mock.Mock(block_storage=self.bs, image=self.image_proxy)
+        self.err = io.StringIO()
+        self.reporter = Reporter(stream=self.err, progress=False)
+        self.run_ctx = tags.Run(run_id='0123456789ab')
+        self.useFixture_patch(
+            'osc_backup.common.microversion.snapshot_microversion',
+            return_value=self.microversion,
+        )
+        self.snap = fakes.snapshot(status='creating')
+        self.tmp_vol = fakes.volume(status='creating', name='tmp')
+        self.image = fakes.image(status='queued', name='img')
+        self.active = fakes.image(
+            id=self.image.id, status='active', name='img'
+        )
+        self.bs.create_snapshot.return_value = self.snap
+        self.bs.create_volume.return_value = self.tmp_vol
+        self.bs.upload_volume_to_image.return_value = {
+            'image_id': self.image.id,
+            'status': 'uploading',
+        }
+        self.image_proxy.get_image.return_value = self.image
+        self.image_proxy.update_image.return_value = self.image
+        self.bs.wait_for_status.side_effect = self._bs_wait
+        self.image_proxy.wait_for_status.return_value = self.active
+        # Deletions find the resource available, then gone.
+        self.bs.get_volume.side_effect = lambda vid: fakes.volume(
+            id=vid, status='available'
+        )
+        self.bs.get_snapshot.side_effect = lambda sid: fakes.snapshot(
+            id=sid, status='available'
+        )
+
+    def useFixture_patch(self, target, **kwargs):
+        patcher = mock.patch(target, **kwargs)
+        self.addCleanup(patcher.stop)
+        return patcher.start()
+
+    def _bs_wait(self, res, status, **kwargs):
+        res.status = status
+        return res
+
+    def run_backup(self, volume, **opts):
+        options = volume_image.Options(interval=0, **opts)
+        return volume_image.backup_volume_via_image(
+            self.conn, volume, options, run=self.run_ctx,
+            reporter=self.reporter,
+        )
+
+    def deleted_volumes(self):
+        return [c.args[0].id for c in self.bs.delete_volume.call_args_list]
+
+    def deleted_snapshots(self):
+        return [c.args[0].id for c in self.bs.delete_snapshot.call_args_list]
+
+
+class TestAvailableVolume(ProcedureTestCase):
+    def test_upload_directly(self):
+        vol = fakes.volume(status='available', name='db', size=2)
+        result = self.run_backup(vol, name='b1')
+        self.bs.create_snapshot.assert_not_called()
+        self.bs.create_volume.assert_not_called()
+        self.bs.upload_volume_to_image.assert_called_once_with(
+            vol, 'b1', force=False, disk_format='raw',
+            container_format='bare',
+        )
+        self.image_proxy.wait_for_status.assert_called_once_with(
+            self.image, status='active',
+            failures=['killed', 'deleted', 'pending_delete', 'deactivated'],
+            interval=0, wait=mock.ANY,
+        )
+        # the volume must be released again before we report success
+        waited = self.bs.wait_for_status.call_args
+        self.assertIs(vol, waited.args[0])
+        self.assertEqual('available', waited.kwargs['status'])
+        self.assertEqual('offline', result['consistency'])
+        self.assertEqual('image', result['method'])
+        self.assertEqual(self.image.id, result['image_id'])
+        self.assertEqual('active', result['status'])
+        self.assertEqual(vol.id, result['source_volume_id'])
+        self.assertEqual('db', result['source_volume_name'])
+        self.assertEqual('0123456789ab', result['run_id'])
+        self.assertNotIn('WARNING', self.err.getvalue())
+        self.image_proxy.delete_image.assert_not_called()
+
+    def test_records_properties(self):
+        vol = fakes.volume(
+            status='available', name='db', size=3, volume_type='fast',
+            is_bootable=True,
+        )
+        self.run_backup(
+            vol, description='nightly', properties={'team': 'ops'}
+        )
+        props = self.image_proxy.update_image.call_args.kwargs
+        self.assertEqual(vol.id, props['osc_backup_source_volume_id'])
+        self.assertEqual('db', props['osc_backup_source_volume_name'])
+        self.assertEqual('fast', props['osc_backup_volume_type'])
+        self.assertEqual('3', props['osc_backup_volume_size_gb'])
+        self.assertEqual('true', props['osc_backup_bootable'])
+        self.assertEqual('offline', props['osc_backup_consistency'])
+        self.assertEqual('0123456789ab', props['osc_backup_run_id'])
+        self.assertEqual('osc-backup', props['osc_backup_tool'])
+        self.assertIn('osc_backup_tool_version', props)
+        self.assertIn('osc_backup_created_at', props)
+        self.assertEqual('ops', props['team'])
+        self.assertEqual('nightly', props['description'])
+
+    def test_default_name_from_volume_and_time(self):
+        vol = fakes.volume(status='available', name='db data')
+        self.run_backup(vol)
+        name = self.bs.upload_volume_to_image.call_args.args[1]
+        self.assertRegex(name, r'^db-data-backup-\d{8}T\d{6}Z-012345$')
+
+    def test_no_wait(self):
+        vol = fakes.volume(status='available')
+        result = self.run_backup(vol, wait=False)
+        self.image_proxy.wait_for_status.assert_not_called()
+        self.bs.wait_for_status.assert_not_called()
+        self.assertEqual('queued', result['status'])
+
+    def test_image_killed_deletes_image_and_waits_for_source(self):
+        vol = fakes.volume(status='available')
+        self.image_proxy.wait_for_status.side_effect = (
+            sdk_exc.ResourceFailure('killed')
+        )
+        self.image_proxy.get_image.side_effect = [
+            self.image, fakes.image(id=self.image.id, status='killed'),
+        ]
+        self.bs.get_volume.side_effect = lambda vid: fakes.volume(
+            id=vid, status='uploading'
+        )
+        exc = self.assertRaises(errors.WaitError, self.run_backup, vol)
+        self.assertIn("went to status 'killed'", str(exc))
+        self.image_proxy.delete_image.assert_called_once_with(
+            self.image.id, ignore_missing=True
+        )
+        # source volume was waited out of 'uploading', never deleted
+        self.bs.delete_volume.assert_not_called()
+        self.assertEqual(
+            'available', self.bs.wait_for_status.call_args.kwargs['status']
+        )
+
+
+class TestInUseVolume(ProcedureTestCase):
+    def test_snapshot_temporary_volume_upload_cleanup(self):
+        vol = fakes.volume(status='in-use', name='db', size=4)
+        result = self.run_backup(vol, name='b2')
+        snap_attrs = self.bs.create_snapshot.call_args.kwargs
+        self.assertEqual(vol.id, snap_attrs['volume_id'])
+        self.assertTrue(snap_attrs['force'])
+        self.assertEqual('true', snap_attrs['metadata']['osc_backup_temporary'])
+        self.assertEqual(
+            '0123456789ab', snap_attrs['metadata']['osc_backup_run_id']
+        )
+        self.assertTrue(snap_attrs['name'].startswith('osc-backup-tmp-'))
+        vol_attrs = self.bs.create_volume.call_args.kwargs
+        self.assertEqual(self.snap.id, vol_attrs['snapshot_id'])
+        self.assertEqual(4, vol_attrs['size'])
+        self.assertEqual('true', vol_attrs['metadata']['osc_backup_temporary'])
+        # the temporary volume is uploaded, not the attached one
+        self.assertIs(
+            self.tmp_vol, self.bs.upload_volume_to_image.call_args.args[0]
+        )
+        self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
+        self.assertEqual([self.snap.id], self.deleted_snapshots())
+        self.assertEqual(2, self.bs.wait_for_delete.call_count)
+        self.assertEqual('crash-consistent', result['consistency'])
+        self.assertIn('crash-consistent', self.err.getvalue())
+        self.assertIn('WARNING', self.err.getvalue())
+        props = self.image_proxy.update_image.call_args.kwargs
+        self.assertEqual(vol.id, props['osc_backup_source_volume_id'])
+        self.assertEqual(
+            'crash-consistent', props['osc_backup_consistency']
+        )
+
+    def test_temporary_volume_deleted_before_snapshot(self):
+        order = []
+        self.bs.delete_volume.side_effect = lambda *a, **k: order.append('v')
+        self.bs.delete_snapshot.side_effect = (
+            lambda *a, **k: order.append('s')
+        )
+        self.run_backup(fakes.volume(status='in-use'))
+        self.assertEqual(['v', 's'], order)
+
+    def test_snapshot_error_cleans_snapshot(self):
+        def wait(res, status, **kw):
+            if res is self.snap:
+                raise sdk_exc.ResourceFailure('error')
+            res.status = status
+            return res
+
+        self.bs.wait_for_status.side_effect = wait
+        self.bs.get_snapshot.side_effect = lambda sid: fakes.snapshot(
+            id=sid, status='error'
+        )
+        self.bs.messages.return_value = iter([])
+        exc = self.assertRaises(
+            errors.WaitError, self.run_backup, fakes.volume(status='in-use')
+        )
+        self.assertIn('create temporary snapshot', str(exc))
+        self.assertIn(self.snap.id, str(exc))
+        self.bs.create_volume.assert_not_called()
+        self.bs.upload_volume_to_image.assert_not_called()
+        self.assertEqual([self.snap.id], self.deleted_snapshots())
+
+    def test_temporary_volume_error_cleans_both(self):
+        def wait(res, status, **kw):
+            if res is self.tmp_vol:
+                raise sdk_exc.ResourceFailure('error')
+            res.status = status
+            return res
+
+        self.bs.wait_for_status.side_effect = wait
+        self.bs.get_volume.side_effect = lambda vid: fakes.volume(
+            id=vid, status='error'
+        )
+        self.bs.messages.return_value = iter([])
+        exc = self.assertRaises(
+            errors.WaitError, self.run_backup, fakes.volume(status='in-use')
+        )
+        self.assertIn('create temporary volume from snapshot', str(exc))
+        self.bs.upload_volume_to_image.assert_not_called()
+        self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
+        self.assertEqual([self.snap.id], self.deleted_snapshots())
+
+    def test_upload_failure_cleans_both(self):
+        self.bs.upload_volume_to_image.side_effect = sdk_exc.HttpException(
+            'quota exceeded'
+        )
+        self.assertRaises(
+            sdk_exc.HttpException,
+            self.run_backup,
+            fakes.volume(status='in-use'),
+        )
+        self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
+        self.assertEqual([self.snap.id], self.deleted_snapshots())
+        self.image_proxy.delete_image.assert_not_called()
+
+    def test_image_timeout_cleans_everything(self):
+        self.image_proxy.wait_for_status.side_effect = (
+            sdk_exc.ResourceTimeout('t')
+        )
+        self.image_proxy.get_image.side_effect = [
+            self.image, fakes.image(id=self.image.id, status='saving'),
+        ]
+        exc = self.assertRaises(
+            errors.WaitTimeout, self.run_backup,
+            fakes.volume(status='in-use'), timeout=30,
+        )
+        self.assertIn("'saving'", str(exc))
+        self.image_proxy.delete_image.assert_called_once_with(
+            self.image.id, ignore_missing=True
+        )
+        self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
+        self.assertEqual([self.snap.id], self.deleted_snapshots())
+
+    def test_ctrl_c_during_upload_cleans_everything(self):
+        self.image_proxy.wait_for_status.side_effect = KeyboardInterrupt()
+        self.assertRaises(
+            KeyboardInterrupt, self.run_backup, fakes.volume(status='in-use')
+        )
+        self.image_proxy.delete_image.assert_called_once()
+        self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
+        self.assertEqual([self.snap.id], self.deleted_snapshots())
+
+    def test_busy_temporary_volume_is_waited_out_before_delete(self):
+        self.image_proxy.wait_for_status.side_effect = KeyboardInterrupt()
+        self.bs.get_volume.side_effect = lambda vid: fakes.volume(
+            id=vid, status='uploading'
+        )
+        self.assertRaises(
+            KeyboardInterrupt, self.run_backup, fakes.volume(status='in-use')
+        )
+        statuses = [
+            c.kwargs['status'] for c in self.bs.wait_for_status.call_args_list
+        ]
+        self.assertEqual('available', statuses[-1])
+        self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
+
+    def test_cleanup_failure_names_leftovers(self):
+        self.bs.delete_snapshot.side_effect = sdk_exc.HttpException('busy')
+        exc = self.assertRaises(
+            errors.CleanupError, self.run_backup,
+            fakes.volume(status='in-use'),
+        )
+        text = str(exc)
+        self.assertIn('The backup succeeded', text)
+        self.assertIn(self.image.id, text)
+        self.assertIn(f'openstack volume snapshot delete {self.snap.id}', text)
+        self.assertIn('openstack backup cleanup --run-id 0123456789ab', text)
+
+    def test_keep_temporary(self):
+        self.run_backup(fakes.volume(status='in-use'), keep_temporary=True)
+        self.bs.delete_volume.assert_not_called()
+        self.bs.delete_snapshot.assert_not_called()
+        self.assertIn(
+            f'openstack volume delete {self.tmp_vol.id}', self.err.getvalue()
+        )
+
+    def test_no_wait_refused_before_anything(self):
+        exc = self.assertRaises(
+            errors.InvalidInput, self.run_backup,
+            fakes.volume(status='in-use'), wait=False,
+        )
+        self.assertIn('--no-wait', str(exc))
+        self.bs.create_snapshot.assert_not_called()
+
+
+class TestInUseVolumeNewMicroversion(ProcedureTestCase):
+    microversion = '3.66'
+
+    def test_no_force_from_3_66(self):
+        self.run_backup(fakes.volume(status='in-use'))
+        self.assertNotIn('force', self.bs.create_snapshot.call_args.kwargs)
+
+
+class TestPreflight(ProcedureTestCase):
+    def test_bad_statuses_create_nothing(self):
+        for status in ('error', 'creating', 'backing-up', 'maintenance',
+                       'reserved', 'uploading', 'deleting', 'attaching'):
+            vol = fakes.volume(status=status, name='v')
+            exc = self.assertRaises(errors.InvalidInput, self.run_backup, vol)
+            self.assertIn(f"'{status}'", str(exc))
+        self.bs.create_snapshot.assert_not_called()
+        self.bs.upload_volume_to_image.assert_not_called()
+
+    def test_encrypted_needs_raw_bare(self):
+        vol = fakes.volume(is_encrypted=True)
+        exc = self.assertRaises(
+            errors.InvalidInput, self.run_backup, vol, disk_format='qcow2'
+        )
+        self.assertIn('encrypted', str(exc))
+        self.bs.upload_volume_to_image.assert_not_called()
+
+    def test_encrypted_notice(self):
+        self.run_backup(fakes.volume(is_encrypted=True))
+        self.assertIn('cinder_encryption_key_id', self.err.getvalue())
+
+    def test_reserved_property(self):
+        exc = self.assertRaises(
+            errors.InvalidInput, self.run_backup, fakes.volume(),
+            properties={'osc_backup_run_id': 'x'},
+        )
+        self.assertIn('reserved', str(exc))
+
+    def test_plan_changes_nothing(self):
+        vol = fakes.volume(status='in-use', name='db')
+        plan = volume_image.plan(
+            self.conn, vol, volume_image.Options(name='n'), self.run_ctx
+        )
+        self.assertTrue(plan['dry_run'])
+        self.assertEqual('crash-consistent', plan['consistency'])
+        self.assertIn('force=true', plan['steps'][0])
+        self.assertIn('3.65', plan['steps'][0])
+        self.bs.create_snapshot.assert_not_called()
+        self.bs.create_volume.assert_not_called()
+        self.bs.upload_volume_to_image.assert_not_called()

@@ -1,0 +1,144 @@
+from unittest import mock
+
+from openstack import exceptions as sdk_exc
+
+from osc_backup.common import errors
+from osc_backup.common import waits
+from osc_backup.tests.unit import base
+from osc_backup.tests.unit import fakes
+
+
+class TestWaitForStatus(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.bs, self.image = fakes.make_proxies()
+        self.vol = fakes.volume(status='creating')
+
+    def test_success_returns_refreshed_resource(self):
+        done = fakes.volume(id=self.vol.id, status='available')
+        self.bs.wait_for_status.return_value = done
+        result = waits.wait_for_status(
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=30,
+        )
+        self.assertIs(done, result)
+        self.bs.wait_for_status.assert_called_once_with(
+            self.vol,
+            status='available',
+            failures=waits.FAILURES['volume'],
+            interval=waits.DEFAULT_INTERVAL,
+            wait=30,
+        )
+
+    def test_failure_names_step_id_status_and_fault(self):
+        self.bs.wait_for_status.side_effect = sdk_exc.ResourceFailure('x')
+        self.bs.get_volume.return_value = fakes.volume(
+            id=self.vol.id, status='error'
+        )
+        msg = mock.Mock(
+            resource_uuid=self.vol.id, user_message='No valid host'
+        )
+        self.bs.messages.return_value = iter([msg])
+        exc = self.assertRaises(
+            errors.WaitError,
+            waits.wait_for_status,
+            self.bs, self.vol, 'available', kind='volume',
+            step='create temporary volume', timeout=30,
+        )
+        text = str(exc)
+        self.assertIn("create temporary volume", text)
+        self.assertIn(self.vol.id, text)
+        self.assertIn("'error'", text)
+        self.assertIn('No valid host', text)
+
+    def test_fault_lookup_failure_does_not_mask_error(self):
+        self.bs.wait_for_status.side_effect = sdk_exc.ResourceFailure('x')
+        self.bs.get_volume.return_value = fakes.volume(
+            id=self.vol.id, status='error'
+        )
+        self.bs.messages.side_effect = sdk_exc.HttpException('boom')
+        exc = self.assertRaises(
+            errors.WaitError,
+            waits.wait_for_status,
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=30,
+        )
+        self.assertIn("went to status 'error'", str(exc))
+
+    def test_timeout_message(self):
+        self.bs.wait_for_status.side_effect = sdk_exc.ResourceTimeout('t')
+        self.bs.get_volume.return_value = fakes.volume(
+            id=self.vol.id, status='creating'
+        )
+        exc = self.assertRaises(
+            errors.WaitTimeout,
+            waits.wait_for_status,
+            self.bs, self.vol, 'available', kind='volume',
+            step='create temporary volume', timeout=12,
+        )
+        text = str(exc)
+        self.assertIn('Timed out after 12s', text)
+        self.assertIn("'creating'", text)
+        self.assertIn('--timeout', text)
+        self.assertIn(f'openstack volume show {self.vol.id}', text)
+
+    def test_vanished_resource(self):
+        self.bs.wait_for_status.side_effect = sdk_exc.ResourceFailure('x')
+        self.bs.get_volume.side_effect = sdk_exc.NotFoundException('gone')
+        exc = self.assertRaises(
+            errors.WaitError,
+            waits.wait_for_status,
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=30,
+        )
+        self.assertIn('disappeared', str(exc))
+
+    def test_spent_deadline_fails_without_polling(self):
+        clock = mock.Mock(side_effect=[0.0, 100.0])
+        deadline = waits.Deadline(10, clock=clock)
+        self.assertRaises(
+            errors.WaitTimeout,
+            waits.wait_for_status,
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=deadline,
+        )
+        self.bs.wait_for_status.assert_not_called()
+
+    def test_deadline_passes_remaining_time(self):
+        clock = mock.Mock(side_effect=[0.0, 40.0])
+        deadline = waits.Deadline(100, clock=clock)
+        self.bs.wait_for_status.return_value = self.vol
+        waits.wait_for_status(
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=deadline,
+        )
+        self.assertEqual(60, self.bs.wait_for_status.call_args.kwargs['wait'])
+
+    def test_image_failure_states(self):
+        for state in ('killed', 'deleted', 'deactivated'):
+            self.assertIn(state, waits.FAILURES['image'])
+        for state in ('error', 'error_restoring', 'error_extending'):
+            self.assertIn(state, waits.FAILURES['volume'])
+
+
+class TestWaitForDelete(base.TestCase):
+    def test_timeout(self):
+        bs, _ = fakes.make_proxies()
+        vol = fakes.volume(status='deleting')
+        bs.wait_for_delete.side_effect = sdk_exc.ResourceTimeout('t')
+        bs.get_volume.return_value = vol
+        exc = self.assertRaises(
+            errors.WaitTimeout,
+            waits.wait_for_delete,
+            bs, vol, kind='volume', step='delete temporary volume',
+            timeout=5,
+        )
+        self.assertIn("still there with status 'deleting'", str(exc))
+
+    def test_bounded(self):
+        bs, _ = fakes.make_proxies()
+        vol = fakes.volume()
+        waits.wait_for_delete(bs, vol, kind='volume', step='s', timeout=7)
+        bs.wait_for_delete.assert_called_once_with(
+            vol, interval=waits.DEFAULT_INTERVAL, wait=7
+        )
