@@ -159,7 +159,7 @@ class Cleanup:
             + '. Remove them with:'
         ]
         lines += [f'  {u.remove_command}' for u in left]
-        if self.run_id:
+        if self.run_id and any(u.when == TEMPORARY for u in left):
             lines.append(
                 f'  (or: openstack backup cleanup --run-id {self.run_id})'
             )

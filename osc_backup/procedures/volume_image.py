@@ -69,6 +69,14 @@ CRASH_WARNING = (
 )
 
 
+NO_WAIT_NOTE = (
+    "--no-wait: image {image} is still being uploaded. It will not carry "
+    "osc-backup's record properties (source volume, type, size, "
+    "consistency): Glance cannot take property updates during an upload. "
+    "Wait for 'active' with 'openstack image show {image}'."
+)
+
+
 @dataclass
 class Options:
     name: str | None = None
@@ -170,7 +178,7 @@ def plan(
             f'POST /volumes/<temporary volume>/action os-volume_upload_image '
             f'image_name={name} {fmt}',
             'wait image active; wait temporary volume available',
-            f'set image properties {tags.PREFIX}*',
+            f'PATCH /v2/images/<image> {tags.PREFIX}* record properties',
             'DELETE /volumes/<temporary volume> -> wait gone',
             'DELETE /snapshots/<snapshot> -> wait gone',
         ]
@@ -178,10 +186,12 @@ def plan(
         steps += [
             f'POST /volumes/{volume.id}/action os-volume_upload_image '
             f'image_name={name} {fmt}',
-            f'set image properties {tags.PREFIX}*',
         ]
         if opts.wait:
-            steps.append('wait image active; wait volume available')
+            steps += [
+                'wait image active; wait volume available',
+                f'PATCH /v2/images/<image> {tags.PREFIX}* record properties',
+            ]
     return {
         'dry_run': True,
         'method': METHOD,
@@ -197,19 +207,17 @@ def plan(
 def _upload(
     conn: Any,
     upload_from: Any,
-    source: Any,
     name: str,
     opts: Options,
-    consistency: str,
-    run: tags.Run,
     cleanup: Cleanup,
     reporter: Reporter,
 ) -> Any:
-    """Request the upload, register the image's removal on failure, and
-    record the backup's properties. Returns the image."""
-    bs = conn.block_storage
+    """Request the upload and register the image's removal on failure.
+
+    Returns the new (``queued``) image.
+    """
     reporter.step(f'Uploading volume {upload_from.id} to image {name}')
-    response = bs.upload_volume_to_image(
+    response = conn.block_storage.upload_volume_to_image(
         upload_from,
         name,
         force=False,
@@ -224,11 +232,27 @@ def _upload(
         remove_command=f'openstack image delete {image_id}',
         when=PARTIAL,
     )
+    return conn.image.get_image(image_id)
+
+
+def _record(
+    conn: Any,
+    image: Any,
+    source: Any,
+    opts: Options,
+    consistency: str,
+    run: tags.Run,
+) -> Any:
+    """Write the backup's record onto the (active) image.
+
+    Only once the image is ``active``: a property update while Glance is
+    still receiving the data races with the upload's own status change
+    (Glance answers the upload with 410 Gone and Cinder deletes the image).
+    """
     props = record_properties(source, consistency, run)
     props.update(opts.properties)
     if opts.description:
         props['description'] = opts.description
-    image = conn.image.get_image(image_id)
     return conn.image.update_image(image, **props)
 
 
@@ -284,10 +308,7 @@ def backup_volume_via_image(
                 ),
                 when=PARTIAL,
             )
-        image = _upload(
-            conn, upload_from, volume, name, opts, consistency, run,
-            cleanup, reporter,
-        )
+        image = _upload(conn, upload_from, name, opts, cleanup, reporter)
         image_id = image.id
         if opts.wait:
             reporter.step(f'Waiting for image {image_id} to become active')
@@ -304,6 +325,9 @@ def backup_volume_via_image(
                 step='wait for the uploaded volume to be released',
                 timeout=deadline, interval=opts.interval,
             )
+            image = _record(conn, image, volume, opts, consistency, run)
+        else:
+            reporter.note(NO_WAIT_NOTE.format(image=image_id))
         cleanup.outcome = f'image {image_id} is {image.status}'
 
     return {

@@ -40,7 +40,7 @@ class ProcedureTestCase(base.TestCase):
             'status': 'uploading',
         }
         self.image_proxy.get_image.return_value = self.image
-        self.image_proxy.update_image.return_value = self.image
+        self.image_proxy.update_image.return_value = self.active
         self.bs.wait_for_status.side_effect = self._bs_wait
         self.image_proxy.wait_for_status.return_value = self.active
         # Deletions find the resource available, then gone.
@@ -137,6 +137,21 @@ class TestAvailableVolume(ProcedureTestCase):
         self.image_proxy.wait_for_status.assert_not_called()
         self.bs.wait_for_status.assert_not_called()
         self.assertEqual('queued', result['status'])
+        # no property update may race with the upload
+        self.image_proxy.update_image.assert_not_called()
+        self.assertIn('--no-wait', self.err.getvalue())
+
+    def test_record_written_only_after_active(self):
+        events = []
+        self.image_proxy.wait_for_status.side_effect = (
+            lambda *a, **k: events.append('active') or self.active
+        )
+        self.image_proxy.update_image.side_effect = (
+            lambda *a, **k: events.append('record') or self.active
+        )
+        self.run_backup(fakes.volume(status='available'))
+        self.assertEqual(['active', 'record'], events)
+        self.assertIs(self.active, self.image_proxy.update_image.call_args.args[0])
 
     def test_image_killed_deletes_image_and_waits_for_source(self):
         vol = fakes.volume(status='available')

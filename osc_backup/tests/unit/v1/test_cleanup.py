@@ -35,8 +35,8 @@ class TestCleanupCommand(base.TestCommand):
         parsed = self.check_parser(
             self.cmd, ['--run-id', 'r1'], [('run_id', 'r1')]
         )
-        headers, rows = self.cmd.take_action(parsed)
-        self.assertEqual('deleted', list(rows)[0][-1])
+        _headers, rows = self.cmd.take_action(parsed)
+        self.assertEqual('deleted', next(iter(rows))[-1])
         self.block_storage.delete_volume.assert_called_once()
 
     def test_failure_exits_non_zero(self):
