@@ -253,7 +253,9 @@ def _record(
     props.update(opts.properties)
     if opts.description:
         props['description'] = opts.description
-    return conn.image.update_image(image, **props)
+    # By ID: given the fetched Image, openstacksdk 4.18 computes a JSON
+    # patch that removes 'stores', which Glance refuses (409).
+    return conn.image.update_image(image.id, **props)
 
 
 def backup_volume_via_image(

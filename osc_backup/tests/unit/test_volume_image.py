@@ -151,7 +151,9 @@ class TestAvailableVolume(ProcedureTestCase):
         )
         self.run_backup(fakes.volume(status='available'))
         self.assertEqual(['active', 'record'], events)
-        self.assertIs(self.active, self.image_proxy.update_image.call_args.args[0])
+        self.assertEqual(
+            self.active.id, self.image_proxy.update_image.call_args.args[0]
+        )
 
     def test_image_killed_deletes_image_and_waits_for_source(self):
         vol = fakes.volume(status='available')
