@@ -1,0 +1,292 @@
+"""Base for functional tests against the real minicloud (tools/minicloud).
+
+The tests run the real ``openstack`` binary of the venv that runs the tests,
+with ``--os-cloud minicloud`` (a plain project member) or
+``--os-cloud minicloud-admin``, and an environment stripped of every
+``OS_*`` variable except ``OS_CLIENT_CONFIG_FILE``, which points at the
+minicloud's clouds.yaml.
+
+Skip rule: outside CI a cloud that is not up (``tools/minicloud status``
+exits non-zero) skips the tests with a message; with ``CI=true`` it fails
+them.
+"""
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+
+import testtools
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+MINICLOUD = os.path.join(REPO, 'tools', 'minicloud')
+OPENSTACK = os.path.join(os.path.dirname(sys.executable), 'openstack')
+MEMBER_CLOUD = 'minicloud'
+ADMIN_CLOUD = 'minicloud-admin'
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+
+#: default bound for one wait, in seconds
+WAIT_TIMEOUT = int(os.environ.get('OSC_BACKUP_FUNCTIONAL_TIMEOUT', '300'))
+#: bound for one command
+COMMAND_TIMEOUT = 900
+
+
+class CommandFailed(Exception):
+    def __init__(self, returncode, cmd, stdout, stderr):
+        self.returncode = returncode
+        self.cmd = cmd
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            'Command %r returned non-zero exit status %d.\n'
+            'stdout:\n%s\nstderr:\n%s' % (cmd, returncode, stdout, stderr))
+
+
+def minicloud(*args, check=True, timeout=COMMAND_TIMEOUT):
+    """Run tools/minicloud; returns the CompletedProcess (text)."""
+    cmd = [MINICLOUD] + [str(a) for a in args]
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise CommandFailed(p.returncode, ' '.join(cmd), p.stdout, p.stderr)
+    return p
+
+
+def clouds_yaml():
+    """The clouds.yaml path, from `tools/minicloud env`."""
+    out = minicloud('env', timeout=60).stdout
+    for line in out.splitlines():
+        if line.startswith('export OS_CLIENT_CONFIG_FILE='):
+            return shlex.split(line.split('=', 1)[1])[0]
+    raise RuntimeError('tools/minicloud env printed no OS_CLIENT_CONFIG_FILE')
+
+
+def sha256_file(path, length=None):
+    """sha256 of a file's first `length` bytes (all when None)."""
+    h = hashlib.sha256()
+    left = length
+    with open(path, 'rb') as f:
+        while left is None or left > 0:
+            chunk = f.read(MiB if left is None else min(MiB, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    if left:
+        raise AssertionError('%s is %d bytes short of %d' % (
+            path, left, length))
+    return h.hexdigest()
+
+
+_cloud_checked_at = 0.0
+
+
+def check_cloud(test):
+    """Skip (or, with CI=true, fail) `test` when the cloud is not up."""
+    global _cloud_checked_at
+    if time.time() - _cloud_checked_at < 30:
+        return
+    try:
+        p = minicloud('status', check=False, timeout=120)
+        ok, out = p.returncode == 0, p.stdout + p.stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, out = False, str(e)
+    if ok:
+        _cloud_checked_at = time.time()
+        return
+    msg = ('minicloud is not up (tools/minicloud status failed); start it '
+           'with `tools/minicloud up`:\n%s' % out)
+    if os.environ.get('CI', '').lower() == 'true':
+        test.fail('CI=true and ' + msg)
+    test.skipTest(msg)
+
+
+class FunctionalTestCase(testtools.TestCase):
+    """Runs the real `openstack` CLI against the minicloud."""
+
+    def setUp(self):
+        super().setUp()
+        check_cloud(self)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith('OS_')}
+        self.env['OS_CLIENT_CONFIG_FILE'] = clouds_yaml()
+
+    # ---- commands ------------------------------------------------------
+    def openstack(self, cmd, *, cloud=MEMBER_CLOUD, parse_output=False,
+                  fail_ok=False, input=None, timeout=COMMAND_TIMEOUT):
+        """Run `openstack --os-cloud CLOUD CMD`.
+
+        cmd is a string (split like a shell does) or a list.  Returns
+        stdout, or json.loads(stdout) with `-f json` when parse_output.
+        Raises CommandFailed on a non-zero exit unless fail_ok.
+        """
+        args = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+        argv = [OPENSTACK, '--os-cloud', cloud] + args
+        if parse_output:
+            argv += ['-f', 'json']
+        p = subprocess.run(argv, env=self.env, input=input,
+                           stdin=None if input is not None
+                           else subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0 and not fail_ok:
+            raise CommandFailed(p.returncode, ' '.join(argv), p.stdout,
+                                p.stderr)
+        if parse_output and p.returncode == 0:
+            return json.loads(p.stdout)
+        return p.stdout
+
+    def minicloud(self, *args, check=True, timeout=COMMAND_TIMEOUT):
+        return minicloud(*args, check=check, timeout=timeout)
+
+    # ---- waiting -------------------------------------------------------
+    def wait_for_status(self, resource, ident, status, *, cloud=MEMBER_CLOUD,
+                        timeout=WAIT_TIMEOUT, interval=1.0,
+                        failures=('error',)):
+        """Poll `openstack RESOURCE show IDENT -f json` until status.
+
+        resource: 'volume', 'volume snapshot', 'volume backup', 'image'...
+        Returns the last show output; fails on a failure status or timeout.
+        """
+        deadline = time.time() + timeout
+        while True:
+            info = self.openstack('%s show %s' % (resource, ident),
+                                  cloud=cloud, parse_output=True)
+            current = info.get('status')
+            if current == status:
+                return info
+            if current in failures or (current or '').startswith('error'):
+                self.fail('%s %s went %s while waiting for %s' % (
+                    resource, ident, current, status))
+            if time.time() > deadline:
+                self.fail('%s %s still %s after %ds (waiting for %s)' % (
+                    resource, ident, current, timeout, status))
+            time.sleep(interval)
+
+    def wait_for_delete(self, resource, ident, *, cloud=MEMBER_CLOUD,
+                        timeout=WAIT_TIMEOUT, interval=1.0):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.openstack('%s show %s' % (resource, ident), cloud=cloud,
+                               parse_output=True)
+            except CommandFailed:
+                return
+            if time.time() > deadline:
+                self.fail('%s %s not deleted after %ds' % (
+                    resource, ident, timeout))
+            time.sleep(interval)
+
+    # ---- resources (deleted by addCleanup) ------------------------------
+    def unique_name(self, prefix='osc-backup-ft'):
+        return '%s-%s' % (prefix, uuid.uuid4().hex[:10])
+
+    def create_volume(self, size=1, *, name=None, volume_type=None,
+                      snapshot=None, cloud=MEMBER_CLOUD, wait=True):
+        """Create a volume of `size` GiB (Cinder's unit) and wait for it."""
+        cmd = ['volume', 'create', '--size', str(size)]
+        if volume_type:
+            cmd += ['--type', volume_type]
+        if snapshot:
+            cmd += ['--snapshot', snapshot]
+        cmd.append(name or self.unique_name())
+        vol = self.openstack(cmd, cloud=cloud, parse_output=True)
+        self.addCleanup(self._delete_volume, vol['id'], cloud)
+        if wait:
+            vol = self.wait_for_status('volume', vol['id'], 'available',
+                                       cloud=cloud)
+        return vol
+
+    def _delete_volume(self, ident, cloud):
+        try:
+            info = self.openstack(['volume', 'show', ident], cloud=cloud,
+                                  parse_output=True)
+        except CommandFailed:
+            return
+        if info.get('status') == 'in-use':
+            minicloud('detach', '--cloud', cloud, ident, check=False)
+        self._wait_not_busy('volume', ident, cloud)
+        self.openstack(['volume', 'delete', ident], cloud=cloud)
+        self.wait_for_delete('volume', ident, cloud=cloud)
+
+    def _wait_not_busy(self, resource, ident, cloud, timeout=WAIT_TIMEOUT):
+        deadline = time.time() + timeout
+        busy = ('creating', 'attaching', 'detaching', 'uploading',
+                'downloading', 'backing-up', 'restoring-backup', 'deleting',
+                'extending')
+        while time.time() < deadline:
+            try:
+                info = self.openstack([*resource.split(), 'show', ident],
+                                      cloud=cloud, parse_output=True)
+            except CommandFailed:
+                return
+            if info.get('status') not in busy:
+                return
+            time.sleep(1)
+
+    def create_snapshot(self, volume, *, name=None, force=False,
+                        cloud=MEMBER_CLOUD):
+        cmd = ['volume', 'snapshot', 'create', '--volume', volume,
+               name or self.unique_name()]
+        if force:
+            cmd.insert(3, '--force')
+        snap = self.openstack(cmd, cloud=cloud, parse_output=True)
+        self.addCleanup(self._delete_simple, 'volume snapshot', snap['id'],
+                        cloud)
+        return self.wait_for_status('volume snapshot', snap['id'],
+                                    'available', cloud=cloud)
+
+    def create_image_from_volume(self, volume, *, name=None,
+                                 cloud=MEMBER_CLOUD):
+        """`openstack image create --volume`; waits for the image."""
+        out = self.openstack(
+            ['image', 'create', '--volume', volume, '--disk-format', 'raw',
+             '--container-format', 'bare', name or self.unique_name()],
+            cloud=cloud, parse_output=True)
+        image_id = out['image_id']
+        self.addCleanup(self._delete_simple, 'image', image_id, cloud)
+        image = self.wait_for_status('image', image_id, 'active', cloud=cloud,
+                                     failures=('killed', 'deleted'))
+        # the volume goes back from 'uploading' after the image is done
+        self.wait_for_status('volume', volume, 'available', cloud=cloud)
+        return image
+
+    def _delete_simple(self, resource, ident, cloud):
+        self._wait_not_busy(resource, ident, cloud)
+        out = self.openstack([*resource.split(), 'delete', ident],
+                             cloud=cloud, fail_ok=True)
+        del out
+        self.wait_for_delete(resource, ident, cloud=cloud)
+
+    # ---- bytes -----------------------------------------------------------
+    def volume_path(self, volume):
+        return minicloud('volume-path', volume).stdout.strip()
+
+    def write_random(self, volume, mib=4, offset_mib=1):
+        """Write `mib` MiB of random bytes into the volume at `offset_mib`.
+
+        Goes straight to the backend file (dd conv=notrunc).  Returns the
+        sha256 of the volume's full byte range (size GiB).
+        """
+        info = self.openstack(['volume', 'show', volume], parse_output=True)
+        path = self.volume_path(volume)
+        subprocess.run(
+            ['dd', 'if=/dev/urandom', 'of=' + path, 'bs=1M',
+             'count=%d' % mib, 'seek=%d' % offset_mib, 'conv=notrunc',
+             'status=none'], check=True, timeout=300)
+        return self.volume_sha256(volume, size=info['size'])
+
+    def volume_sha256(self, volume, size=None):
+        if size is None:
+            size = self.openstack(['volume', 'show', volume],
+                                  parse_output=True)['size']
+        return sha256_file(self.volume_path(volume), length=size * GiB)
+
+    def sha256_file(self, path, length=None):
+        return sha256_file(path, length)

@@ -1,0 +1,84 @@
+"""The minicloud itself: lifecycle commands and bytes end to end."""
+
+import os
+import tempfile
+import time
+
+from osc_backup.tests.functional import base
+
+
+class TestMinicloudLifecycle(base.FunctionalTestCase):
+
+    def test_up_twice_is_a_fast_no_op(self):
+        for _ in range(2):
+            start = time.time()
+            p = self.minicloud('up', timeout=1800)
+            elapsed = time.time() - start
+        self.assertEqual(0, p.returncode)
+        # the cloud was already up: the second call only checks health
+        self.assertLess(elapsed, 20, p.stderr)
+        self.assertNotIn('starting', p.stderr)
+        self.assertEqual(0, self.minicloud('status', check=False).returncode)
+
+    def test_stop_and_start_cinder_backup(self):
+        # whatever happens, leave the service running for the other tests
+        self.addCleanup(self.minicloud, 'start', 'cinder-backup')
+        self.minicloud('stop', 'cinder-backup')
+        p = self.minicloud('status', check=False)
+        self.assertNotEqual(0, p.returncode)
+        down = [line.split()[0] for line in p.stdout.splitlines()
+                if 'DOWN' in line.split()[1:2]]
+        self.assertEqual(['cinder-backup'], down, p.stdout)
+        self.minicloud('start', 'cinder-backup')
+        p = self.minicloud('status', check=False)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
+
+    def test_env_names_clouds_yaml(self):
+        path = base.clouds_yaml()
+        self.assertTrue(os.path.exists(path), path)
+        with open(path) as f:
+            text = f.read()
+        self.assertIn('minicloud:', text)
+        self.assertIn('minicloud-admin:', text)
+
+
+class TestMinicloudVolumes(base.FunctionalTestCase):
+
+    def test_attach_detach(self):
+        vol = self.create_volume()
+        self.minicloud('attach', vol['id'])
+        info = self.openstack(['volume', 'show', vol['id']],
+                              parse_output=True)
+        self.assertEqual('in-use', info['status'])
+        self.assertEqual(1, len(info['attachments']))
+        # by name, as the member
+        self.minicloud('detach', '--cloud', 'minicloud', vol['name'])
+        info = self.openstack(['volume', 'show', vol['id']],
+                              parse_output=True)
+        self.assertEqual('available', info['status'])
+        self.assertEqual([], info['attachments'])
+
+    def test_volume_path_is_the_volume(self):
+        vol = self.create_volume()
+        path = self.volume_path(vol['name'])
+        self.assertTrue(path.endswith('volume-' + vol['id']), path)
+        self.assertEqual(vol['size'] * base.GiB, os.path.getsize(path))
+
+    def test_bytes_survive_snapshot_volume_and_image(self):
+        vol = self.create_volume()
+        digest = self.write_random(vol['id'], mib=4, offset_mib=1)
+
+        snap = self.create_snapshot(vol['id'])
+        copy = self.create_volume(snapshot=snap['id'])
+        self.assertEqual(digest, self.volume_sha256(copy['id']))
+
+        # as the member, without --force (the cloud keeps
+        # enable_force_upload off)
+        image = self.create_image_from_volume(copy['id'])
+        self.assertEqual(vol['size'] * base.GiB, image['size'])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, 'image.raw')
+            self.openstack(['image', 'save', '--file', out, image['id']])
+            self.assertEqual(digest, self.sha256_file(out))
+        # and the source is untouched
+        self.assertEqual(digest, self.volume_sha256(vol['id']))
