@@ -1,0 +1,10 @@
+extensions = ['openstackdocstheme', 'reno.sphinxext']
+openstackdocs_repo_name = 'openstack/osc-backup'
+openstackdocs_use_storyboard = False
+openstackdocs_auto_name = False
+project = 'osc-backup Release Notes'
+copyright = '2026, osc-backup developers'
+master_doc = 'index'
+source_suffix = '.rst'
+html_theme = 'openstackdocs'
+exclude_patterns = []
