@@ -44,8 +44,8 @@ class CommandFailed(Exception):
         self.stdout = stdout
         self.stderr = stderr
         super().__init__(
-            'Command %r returned non-zero exit status %d.\n'
-            'stdout:\n%s\nstderr:\n%s' % (cmd, returncode, stdout, stderr))
+            f'Command {cmd!r} returned non-zero exit status {returncode}.\n'
+            f'stdout:\n{stdout}\nstderr:\n{stderr}')
 
 
 def minicloud(*args, check=True, timeout=COMMAND_TIMEOUT):
@@ -80,8 +80,7 @@ def sha256_file(path, length=None):
             if left is not None:
                 left -= len(chunk)
     if left:
-        raise AssertionError('%s is %d bytes short of %d' % (
-            path, left, length))
+        raise AssertionError(f'{path} is {left} bytes short of {length}')
     return h.hexdigest()
 
 
@@ -102,7 +101,7 @@ def check_cloud(test):
         _cloud_checked_at = time.time()
         return
     msg = ('minicloud is not up (tools/minicloud status failed); start it '
-           'with `tools/minicloud up`:\n%s' % out)
+           f'with `tools/minicloud up`:\n{out}')
     if os.environ.get('CI', '').lower() == 'true':
         test.fail('CI=true and ' + msg)
     test.skipTest(msg)
@@ -128,7 +127,7 @@ class FunctionalTestCase(testtools.TestCase):
         Raises CommandFailed on a non-zero exit unless fail_ok.
         """
         args = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
-        argv = [OPENSTACK, '--os-cloud', cloud] + args
+        argv = [OPENSTACK, '--os-cloud', cloud, *args]
         if parse_output:
             argv += ['-f', 'json']
         p = subprocess.run(argv, env=self.env, input=input,
@@ -156,17 +155,17 @@ class FunctionalTestCase(testtools.TestCase):
         """
         deadline = time.time() + timeout
         while True:
-            info = self.openstack('%s show %s' % (resource, ident),
+            info = self.openstack(f'{resource} show {ident}',
                                   cloud=cloud, parse_output=True)
             current = info.get('status')
             if current == status:
                 return info
             if current in failures or (current or '').startswith('error'):
-                self.fail('%s %s went %s while waiting for %s' % (
-                    resource, ident, current, status))
+                self.fail(f'{resource} {ident} went {current} while '
+                          f'waiting for {status}')
             if time.time() > deadline:
-                self.fail('%s %s still %s after %ds (waiting for %s)' % (
-                    resource, ident, current, timeout, status))
+                self.fail(f'{resource} {ident} still {current} after '
+                          f'{timeout}s (waiting for {status})')
             time.sleep(interval)
 
     def wait_for_delete(self, resource, ident, *, cloud=MEMBER_CLOUD,
@@ -174,18 +173,18 @@ class FunctionalTestCase(testtools.TestCase):
         deadline = time.time() + timeout
         while True:
             try:
-                self.openstack('%s show %s' % (resource, ident), cloud=cloud,
+                self.openstack(f'{resource} show {ident}', cloud=cloud,
                                parse_output=True)
             except CommandFailed:
                 return
             if time.time() > deadline:
-                self.fail('%s %s not deleted after %ds' % (
-                    resource, ident, timeout))
+                self.fail(f'{resource} {ident} not deleted after '
+                          f'{timeout}s')
             time.sleep(interval)
 
     # ---- resources (deleted by addCleanup) ------------------------------
     def unique_name(self, prefix='osc-backup-ft'):
-        return '%s-%s' % (prefix, uuid.uuid4().hex[:10])
+        return f'{prefix}-{uuid.uuid4().hex[:10]}'
 
     def create_volume(self, size=1, *, name=None, volume_type=None,
                       snapshot=None, cloud=MEMBER_CLOUD, wait=True):
@@ -278,7 +277,7 @@ class FunctionalTestCase(testtools.TestCase):
         path = self.volume_path(volume)
         subprocess.run(
             ['dd', 'if=/dev/urandom', 'of=' + path, 'bs=1M',
-             'count=%d' % mib, 'seek=%d' % offset_mib, 'conv=notrunc',
+             f'count={mib}', f'seek={offset_mib}', 'conv=notrunc',
              'status=none'], check=True, timeout=300)
         return self.volume_sha256(volume, size=info['size'])
 
