@@ -21,6 +21,7 @@ from typing import Any
 
 from osc_lib.cli import format_columns
 from osc_lib.cli import parseractions
+from osc_lib import exceptions
 
 from osc_backup import command
 from osc_backup.i18n import _
@@ -47,6 +48,56 @@ IMAGE_COLUMNS = (
     'duration',
 )
 
+#: Output fields of ``backup volume create`` on the Cinder backup path.
+BACKUP_COLUMNS = (
+    'backup_id',
+    'name',
+    'status',
+    'is_incremental',
+    'container',
+    'size',
+    'source_volume_id',
+    'source_volume_name',
+    'method',
+    'method_reason',
+    'consistency',
+    'run_id',
+    'duration',
+)
+
+#: Output fields of ``backup volume restore``.
+RESTORE_COLUMNS = (
+    'volume_id',
+    'name',
+    'status',
+    'size',
+    'volume_type',
+    'bootable',
+    'availability_zone',
+    'source_kind',
+    'source_id',
+    'source_name',
+    'source_volume_id',
+    'restore_method',
+    'run_id',
+    'duration',
+)
+
+#: Options that only the image path knows (name -> default).
+IMAGE_ONLY = {
+    'disk_format': ('--disk-format', 'raw'),
+    'container_format': ('--container-format', 'bare'),
+    'keep_temporary': ('--keep-temporary', False),
+    'download': ('--download', None),
+}
+
+#: Options that only the Cinder backup path knows.
+BACKUP_ONLY = {
+    'incremental': ('--incremental', False),
+    'container': ('--container', None),
+    'availability_zone': ('--availability-zone', None),
+}
+
 DRY_RUN_COLUMNS = (
     'dry_run',
     'method',
@@ -61,17 +112,28 @@ DRY_RUN_COLUMNS = (
 
 class CreateVolumeBackup(command.ShowOne):
     _description = _(
-        "Back up a volume to a Glance image\n\n"
-        "An 'available' volume is uploaded to an image directly (offline, "
-        "consistent data). An 'in-use' volume is snapshotted, the snapshot "
-        "copied to a temporary volume, and that volume uploaded; the "
-        "temporary snapshot and volume are deleted afterwards, also on "
-        "failure and Ctrl-C. Such a backup is crash-consistent, not "
-        "application-consistent.\n\n"
-        "--no-wait returns once Cinder has accepted the upload of an "
-        "'available' volume; the image then becomes 'active' by itself. It "
-        "cannot be used for 'in-use' volumes: the temporary resources can "
-        "only be deleted after the upload has finished."
+        "Back up a volume with the Cinder Backup API or to a Glance image\n\n"
+        "--via-backup makes a Cinder backup: an 'available' volume directly "
+        "(offline, consistent data), an 'in-use' one with force "
+        "(crash-consistent, not application-consistent). --incremental "
+        "builds on the volume's latest backup; when the volume has no "
+        "available backup yet, a full backup is made instead and the output "
+        "says so. The backup's metadata records the volume type, size, "
+        "bootable flag and source volume for 'backup volume restore'.\n\n"
+        "--via-image uploads the volume to an image: an 'available' volume "
+        "directly, an 'in-use' one through a temporary snapshot and volume "
+        "that are deleted afterwards, also on failure and Ctrl-C "
+        "(crash-consistent). --no-wait cannot be used for 'in-use' volumes "
+        "on this path.\n\n"
+        "Without --via-*, the Cinder backup path is taken when the cloud has "
+        "a working backup service, else the image path; method_reason says "
+        "which and why. Admins are answered by the services API. A plain "
+        "member cannot list services: the backup is tried, and when Cinder "
+        "rejects it for lack of a backup service the image path is taken. "
+        "Cinder then keeps the rejected backup record (status error) and "
+        "lets nobody delete it until a backup service runs; later automatic "
+        "runs use that record to decide without creating anything, and "
+        "delete it once a service is back."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -87,11 +149,45 @@ class CreateVolumeBackup(command.ShowOne):
             dest='method',
             action='store_const',
             const='image',
-            default='image',
+            default='auto',
             help=_(
                 'Back up to a Glance image (upload-to-image; in-use '
-                'volumes through a temporary snapshot and volume). '
-                'This is the default'
+                'volumes through a temporary snapshot and volume)'
+            ),
+        )
+        method.add_argument(
+            '--via-backup',
+            dest='method',
+            action='store_const',
+            const='backup',
+            help=_(
+                'Back up with the Cinder Backup API (in-use volumes with '
+                'force). Default: --via-backup when the cloud has a working '
+                'backup service, else --via-image'
+            ),
+        )
+        parser.add_argument(
+            '--incremental',
+            action='store_true',
+            help=_(
+                'Cinder backup only: an incremental backup on top of the '
+                "volume's latest one (a full backup when there is none yet; "
+                'the output says so)'
+            ),
+        )
+        parser.add_argument(
+            '--container',
+            metavar='<container>',
+            help=_(
+                'Cinder backup only: the backup container (driver-defined)'
+            ),
+        )
+        parser.add_argument(
+            '--availability-zone',
+            metavar='<availability-zone>',
+            help=_(
+                'Cinder backup only: availability zone of the backup '
+                '(supported by --os-volume-api-version 3.51 or above)'
             ),
         )
         parser.add_argument(
@@ -134,9 +230,10 @@ class CreateVolumeBackup(command.ShowOne):
             dest='properties',
             default={},
             help=_(
-                'Set a property on the backup image (repeat option to set '
-                'multiple properties); keys starting with osc_backup_ are '
-                'reserved'
+                'Set a property on the backup image, or metadata on the '
+                'Cinder backup (supported by --os-volume-api-version 3.43 or '
+                'above) (repeat option to set multiple properties); keys '
+                'starting with osc_backup_ are reserved'
             ),
         )
         command.add_wait_args(
@@ -151,11 +248,22 @@ class CreateVolumeBackup(command.ShowOne):
             ),
         )
         parser.add_argument(
+            '--download',
+            metavar='<directory>',
+            dest='download',
+            help=_(
+                'Image path only: also download the backup image into '
+                '<directory>. A Cinder backup cannot leave the cloud through '
+                'the API, so this cannot be combined with --via-backup'
+            ),
+        )
+        parser.add_argument(
             '--keep-temporary',
             action='store_true',
             help=_(
-                'Do not delete the temporary snapshot and volume (for '
-                'debugging); the commands that remove them are printed'
+                'Image path only: do not delete the temporary snapshot and '
+                'volume (for debugging); the commands that remove them are '
+                'printed'
             ),
         )
         return parser
@@ -165,9 +273,159 @@ class CreateVolumeBackup(command.ShowOne):
     ) -> tuple[Sequence[str], Iterable[Any]]:
         from osc_backup.common import tags
         from osc_backup.common import volumes
-        from osc_backup.procedures import volume_image
 
         conn = self.connection()
+        method = parsed_args.method
+        image_opts = _given(parsed_args, IMAGE_ONLY)
+        backup_opts = _given(parsed_args, BACKUP_ONLY)
+        if method == 'backup' and 'download' in image_opts:
+            raise exceptions.CommandError(
+                _(
+                    '--download cannot be used with --via-backup: a Cinder '
+                    'backup cannot leave the cloud through the API (only '
+                    'its record can be exported, by an admin). Use '
+                    '--via-image --download <directory> to get a copy of '
+                    'the volume out of the cloud.'
+                )
+            )
+        if image_opts and backup_opts:
+            raise exceptions.CommandError(
+                _('%(image)s only apply to the image path and %(backup)s '
+                  'only to the Cinder backup path: they cannot be combined.')
+                % {'image': ', '.join(image_opts),
+                   'backup': ', '.join(backup_opts)}
+            )
+        if method == 'backup' and image_opts:
+            raise exceptions.CommandError(
+                _('%s only apply to the image path (--via-image).')
+                % ', '.join(image_opts)
+            )
+        if method == 'image' and backup_opts:
+            raise exceptions.CommandError(
+                _('%s only apply to the Cinder backup path (--via-backup).')
+                % ', '.join(backup_opts)
+            )
+
+        volume = volumes.find_volume(conn.block_storage, parsed_args.volume)
+        run = tags.Run()
+        reason = _('requested with --via-%s') % method
+        confirmed = True
+        if method == 'auto':
+            method, reason, confirmed = self._choose(
+                conn, volume, parsed_args, image_opts, backup_opts
+            )
+        if method == 'backup':
+            return self._via_backup(
+                conn, volume, run, parsed_args, reason, confirmed
+            )
+        return self._via_image(
+            conn, volume, run, parsed_args,
+            reason if parsed_args.method == 'auto' else None,
+        )
+
+    def _choose(
+        self,
+        conn: Any,
+        volume: Any,
+        parsed_args: argparse.Namespace,
+        image_opts: list[str],
+        backup_opts: list[str],
+    ) -> tuple[str, str, bool]:
+        """The automatic choice: (method, reason, confirmed)."""
+        from osc_backup.procedures import volume_backup
+
+        if image_opts:
+            return (
+                'image',
+                _('%s only apply to the image path') % ', '.join(image_opts),
+                True,
+            )
+        found = volume_backup.detect(
+            conn, volume, parsed_args.availability_zone,
+            probe=not parsed_args.dry_run,
+        )
+        if backup_opts and found.method != 'backup':
+            raise exceptions.CommandError(
+                _('%(opts)s need the Cinder backup path, but %(why)s.')
+                % {'opts': ', '.join(backup_opts), 'why': found.reason}
+            )
+        return found.method, found.reason, found.confirmed
+
+    def _via_backup(
+        self,
+        conn: Any,
+        volume: Any,
+        run: Any,
+        parsed_args: argparse.Namespace,
+        reason: str,
+        confirmed: bool,
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        from osc_backup.procedures import volume_backup
+
+        opts = volume_backup.Options(
+            name=parsed_args.name,
+            description=parsed_args.description,
+            incremental=parsed_args.incremental,
+            container=parsed_args.container,
+            properties=dict(parsed_args.properties or {}),
+            availability_zone=parsed_args.availability_zone,
+            wait=parsed_args.wait,
+            timeout=parsed_args.timeout,
+        )
+        if parsed_args.dry_run:
+            result = volume_backup.plan(conn, volume, opts, run)
+            result['steps'] = format_columns.ListColumn(result['steps'])
+            result['method_reason'] = reason
+            columns = (*DRY_RUN_COLUMNS, 'method_reason')
+            return columns, [result[c] for c in columns]
+        reporter = self.reporter(parsed_args)
+        try:
+            result = volume_backup.backup_volume_via_backup(
+                conn, volume, opts, run=run, reporter=reporter,
+                method_reason=reason,
+            )
+        except volume_backup.NoBackupService as exc:
+            if (
+                confirmed
+                or parsed_args.method != 'auto'
+                or _given(parsed_args, BACKUP_ONLY)
+            ):
+                raise exceptions.CommandError(
+                    _('%s Use --via-image to back up to an image instead.')
+                    % exc
+                ) from exc
+            reporter.warn(str(exc))
+            fallback = _(
+                'Cinder has no backup service (it rejected the backup); '
+                'fell back to the image path'
+            )
+            if exc.leftover:
+                fallback += _(
+                    ' (rejected backup record %s left behind)'
+                ) % exc.leftover
+            return self._via_image(conn, volume, run, parsed_args, fallback)
+        return BACKUP_COLUMNS, [result.get(c) for c in BACKUP_COLUMNS]
+
+    def _via_image(
+        self,
+        conn: Any,
+        volume: Any,
+        run: Any,
+        parsed_args: argparse.Namespace,
+        reason: str | None,
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        import dataclasses
+
+        from osc_backup.procedures import volume_image
+
+        extra: dict[str, Any] = {}
+        if parsed_args.download:
+            names = {f.name for f in dataclasses.fields(volume_image.Options)}
+            if 'download' not in names:
+                raise exceptions.CommandError(
+                    _('--download is not available in this version.')
+                )
+            extra['download'] = parsed_args.download
         opts = volume_image.Options(
             name=parsed_args.name,
             description=parsed_args.description,
@@ -177,14 +435,124 @@ class CreateVolumeBackup(command.ShowOne):
             wait=parsed_args.wait,
             timeout=parsed_args.timeout,
             keep_temporary=parsed_args.keep_temporary,
+            **extra,
         )
-        volume = volumes.find_volume(conn.block_storage, parsed_args.volume)
-        run = tags.Run()
+        # explicit --via-image: output unchanged; automatic: + why
+        tail: tuple[str, ...] = ('method_reason',) if reason else ()
         if parsed_args.dry_run:
             result = volume_image.plan(conn, volume, opts, run)
             result['steps'] = format_columns.ListColumn(result['steps'])
-            return DRY_RUN_COLUMNS, [result[c] for c in DRY_RUN_COLUMNS]
+            result['method_reason'] = reason
+            columns = DRY_RUN_COLUMNS + tail
+            return columns, [result[c] for c in columns]
         result = volume_image.backup_volume_via_image(
             conn, volume, opts, run=run, reporter=self.reporter(parsed_args)
         )
-        return IMAGE_COLUMNS, [result.get(c) for c in IMAGE_COLUMNS]
+        result['method_reason'] = reason
+        columns = IMAGE_COLUMNS + tail
+        return columns, [result.get(c) for c in columns]
+
+
+def _given(
+    parsed_args: argparse.Namespace, options: dict[str, tuple[str, Any]]
+) -> list[str]:
+    """The options of ``options`` the user set (differ from default)."""
+    return [
+        flag
+        for dest, (flag, default) in options.items()
+        if getattr(parsed_args, dest, default) != default
+    ]
+
+
+class RestoreVolume(command.ShowOne):
+    _description = _(
+        "Restore a Cinder backup or a backup image into a volume\n\n"
+        "From a Cinder backup: an empty volume of the recorded type and size "
+        "(or --type) is created and the backup restored onto it; this also "
+        "works for encrypted volume types that are not the default, where "
+        "Cinder's own restore into a new volume fails. From an image made "
+        "by 'backup volume create --via-image': a volume is created from the "
+        "image with the recorded type, size and bootable flag.\n\n"
+        "Overwriting an existing volume needs --volume <volume> --force, and "
+        "that volume must be 'available'. A volume this command created is "
+        "deleted again if the restore fails."
+    )
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            'source',
+            metavar='<backup-or-image>',
+            help=_(
+                'Cinder backup or backup image to restore (name or ID)'
+            ),
+        )
+        parser.add_argument(
+            '--name',
+            metavar='<name>',
+            help=_(
+                'Name of the new volume (default: the source volume name, '
+                '"-restore-" and a UTC timestamp)'
+            ),
+        )
+        parser.add_argument(
+            '--description',
+            metavar='<description>',
+            help=_('Description of the new volume'),
+        )
+        parser.add_argument(
+            '--type',
+            metavar='<volume-type>',
+            dest='volume_type',
+            help=_(
+                'Volume type of the new volume (name or ID; default: the '
+                'type recorded with the backup)'
+            ),
+        )
+        parser.add_argument(
+            '--availability-zone',
+            metavar='<availability-zone>',
+            help=_('Availability zone of the new volume'),
+        )
+        parser.add_argument(
+            '--volume',
+            metavar='<volume>',
+            help=_(
+                "Overwrite this existing 'available' volume (name or ID) "
+                'instead of creating one; needs --force'
+            ),
+        )
+        parser.add_argument(
+            '--force',
+            action='store_true',
+            help=_(
+                'Confirm that --volume is overwritten (all its data is '
+                'replaced)'
+            ),
+        )
+        command.add_wait_args(parser, _('the volume is available'))
+        return parser
+
+    def backup_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        from osc_backup.common import tags
+        from osc_backup.procedures import volume_restore
+
+        conn = self.connection()
+        opts = volume_restore.Options(
+            name=parsed_args.name,
+            description=parsed_args.description,
+            volume_type=parsed_args.volume_type,
+            availability_zone=parsed_args.availability_zone,
+            volume=parsed_args.volume,
+            force=parsed_args.force,
+            wait=parsed_args.wait,
+            timeout=parsed_args.timeout,
+        )
+        source = volume_restore.find_source(conn, parsed_args.source)
+        result = volume_restore.restore(
+            conn, source, opts, run=tags.Run(),
+            reporter=self.reporter(parsed_args),
+        )
+        return RESTORE_COLUMNS, [result.get(c) for c in RESTORE_COLUMNS]

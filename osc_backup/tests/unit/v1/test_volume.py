@@ -72,7 +72,9 @@ class TestCreateVolumeBackupViaImage(base.TestCommand):
             self.check_parser_error(self.cmd, args)
 
     def test_take_action(self):
-        parsed = self.check_parser(self.cmd, ['db', '--name', 'b'], [])
+        parsed = self.check_parser(
+            self.cmd, ['db', '--via-image', '--name', 'b'], []
+        )
         columns, data = self.cmd.take_action(parsed)
         self.assertEqual(volume_cmd.IMAGE_COLUMNS, columns)
         result = dict(zip(columns, data))
@@ -119,7 +121,9 @@ class TestCreateVolumeBackupViaImage(base.TestCommand):
     )
     def test_dry_run(self, _mv):
         self.vol.status = 'in-use'
-        parsed = self.check_parser(self.cmd, ['db', '--dry-run'], [])
+        parsed = self.check_parser(
+            self.cmd, ['db', '--via-image', '--dry-run'], []
+        )
         columns, data = self.cmd.take_action(parsed)
         result = dict(zip(columns, data))
         self.assertTrue(result['dry_run'])
@@ -128,7 +132,7 @@ class TestCreateVolumeBackupViaImage(base.TestCommand):
         self.block_storage.upload_volume_to_image.assert_not_called()
 
     def test_progress_only_on_tty(self):
-        parsed = self.check_parser(self.cmd, ['db'], [])
+        parsed = self.check_parser(self.cmd, ['db', '--via-image'], [])
         self.cmd.take_action(parsed)
         self.assertEqual('', self.stderr.getvalue())
         self.stderr.isatty = lambda: True

@@ -1,0 +1,516 @@
+#   Licensed under the Apache License, Version 2.0 (the "License"); you may
+#   not use this file except in compliance with the License. You may obtain
+#   a copy of the License at
+#
+#        http://www.apache.org/licenses/LICENSE-2.0
+#
+#   Unless required by applicable law or agreed to in writing, software
+#   distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#   WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#   License for the specific language governing permissions and limitations
+#   under the License.
+
+"""Volume -> Cinder backup (the guide's preferred path), and the choice
+between it and the Glance image path.
+
+* ``available``: ``POST /backups``; the backup is ``offline`` (consistent).
+* ``in-use``: ``POST /backups`` with ``force``; crash-consistent, warned.
+* ``--incremental`` when the volume has no ``available`` backup yet: Cinder
+  would refuse (400 "No backups available to do an incremental backup");
+  we make a **full** backup instead and say so (``is_incremental`` false,
+  a notice on stderr and in ``method_reason``), so a nightly
+  ``--incremental`` job works from its first night on.
+* The backup's metadata (microversion 3.43) records what a restore needs,
+  with the same ``osc_backup_*`` keys as the image path's properties.
+
+Detecting a working backup service (:func:`detect`)
+---------------------------------------------------
+Cinder (29, and every release since backups are scheduled by
+cinder-scheduler) no longer checks for a backup service in the API when a
+backup is created: ``backup.api.API.create`` writes the record and casts to
+the scheduler, which, when no ``cinder-backup`` is up, sets the backup to
+``error`` with ``fail_reason`` "Service not found for creating backup." and
+puts the volume back. Such a record cannot be deleted while no backup
+service runs (``API.delete`` also needs a backup host and answers
+404 "Service cinder-backup could not be found."). Only ``delete`` and
+``restore`` answer synchronously, and both act when a service is there.
+So, reading only, in this order:
+
+1. ``GET /os-services?binary=cinder-backup`` (admins, or clouds whose policy
+   lets the user read services): an enabled service that is ``up`` in the
+   zone the backup goes to (Cinder's own rule) -> backup path, else image.
+2. Plain members (403): if an earlier osc-backup run left a backup that
+   the scheduler rejected for lack of a service, ask Cinder to delete it.
+   "Service cinder-backup could not be found" -> still none: image path,
+   nothing created. Accepted -> a service is back (and the useless record
+   is gone): backup path.
+3. Otherwise the backup path is *tried*: if Cinder rejects it for lack of a
+   service (503 at the API on old releases, or the scheduler's ``error``),
+   the run falls back to the image path. The rejected record is the one
+   thing left behind (Cinder allows nobody to remove it until a backup
+   service runs); the warning says so, and the next automatic run removes
+   it by step 2 as soon as it can. At most one such record exists per
+   project: while it is there, step 2 decides without creating anything.
+
+Plain module: takes an openstacksdk ``Connection``; no cliff.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from openstack import exceptions as sdk_exc
+
+from osc_backup.common import errors
+from osc_backup.common import tags
+from osc_backup.common import volumes
+from osc_backup.common import waits
+from osc_backup.common.cleanup import PARTIAL, Cleanup
+from osc_backup.common.progress import Reporter
+from osc_backup.procedures import volume_image
+
+LOG = logging.getLogger(__name__)
+
+METHOD = 'backup'
+AUTO = 'auto'
+
+#: Microversions of the Block Storage API
+MV_METADATA = '3.43'
+MV_AZ = '3.51'
+
+#: volume status -> consistency of a backup taken in that status
+CONSISTENCY = volume_image.CONSISTENCY
+CRASH_WARNING = volume_image.CRASH_WARNING
+
+#: Metadata keys recorded on every backup (same as the image properties).
+KEY_TOOL = volume_image.PROP_TOOL
+KEY_METHOD = volume_image.PROP_METHOD
+KEY_SOURCE_ID = volume_image.PROP_SOURCE_ID
+KEY_SOURCE_NAME = volume_image.PROP_SOURCE_NAME
+KEY_VOLUME_TYPE = volume_image.PROP_VOLUME_TYPE
+KEY_SIZE = volume_image.PROP_SIZE
+KEY_BOOTABLE = volume_image.PROP_BOOTABLE
+KEY_ENCRYPTED = volume_image.PROP_ENCRYPTED
+KEY_CONSISTENCY = volume_image.PROP_CONSISTENCY
+KEY_RUN_ID = volume_image.PROP_RUN_ID
+
+#: What Cinder says when no backup service can take a request.
+SCHEDULER_REJECTION = 'Service not found for creating backup'
+API_REJECTION = 'Service cinder-backup could not be found'
+
+BACKUP_FAILURES = ['error', 'error_deleting', 'deleted']
+
+
+class NoBackupService(errors.BackupError):
+    """Cinder has no backup service that could take the backup."""
+
+    def __init__(self, message: str, *, leftover: str | None = None):
+        super().__init__(message)
+        #: ID of a rejected backup record Cinder keeps (cannot be deleted
+        #: until a backup service runs), if any
+        self.leftover = leftover
+
+
+@dataclass
+class Options:
+    name: str | None = None
+    description: str | None = None
+    incremental: bool = False
+    container: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    availability_zone: str | None = None
+    wait: bool = True
+    timeout: float = 3600.0
+    interval: float = waits.DEFAULT_INTERVAL
+
+
+@dataclass
+class Detection:
+    """Which method ``auto`` takes, and why."""
+
+    method: str
+    reason: str
+    #: False when the backup path is only being tried (a member could not
+    #: confirm a service): a rejection then falls back to the image path
+    confirmed: bool = True
+
+
+# -- microversions -----------------------------------------------------
+def supports(block_storage: Any, version: str) -> bool:
+    """Whether the cloud's Block Storage API offers ``version``."""
+    from openstack import utils as sdk_utils
+
+    try:
+        return bool(sdk_utils.supports_microversion(block_storage, version))
+    except Exception as exc:  # endpoint discovery failed: assume not
+        LOG.debug('Microversion discovery failed: %s', exc)
+        return False
+
+
+# -- detection ---------------------------------------------------------
+def _service_missing(exc: BaseException) -> bool:
+    text = str(getattr(exc, 'details', '') or '') + ' ' + str(exc)
+    return 'cinder-backup' in text and 'could not be found' in text
+
+
+def _rejected(backup: Any) -> bool:
+    return backup.status == 'error' and SCHEDULER_REJECTION in str(
+        backup.fail_reason or ''
+    )
+
+
+def _ours(backup: Any) -> bool:
+    return (backup.metadata or {}).get(KEY_TOOL) == tags.TOOL
+
+
+def detect(
+    conn: Any,
+    volume: Any,
+    availability_zone: str | None = None,
+    *,
+    probe: bool = True,
+) -> Detection:
+    """Decide between the backup and the image path; see the module doc.
+
+    :param probe: allow step 2 (deleting a rejected record of ours); off
+        for --dry-run, which changes nothing.
+    """
+    bs = conn.block_storage
+    zone = availability_zone or volume.availability_zone
+    where = f" in zone '{zone}'" if zone else ''
+    try:
+        services = list(bs.services(binary='cinder-backup'))
+    except sdk_exc.HttpException as exc:
+        LOG.debug('Cannot list services: %s', exc)
+        services = None
+    if services is not None:
+        up = [
+            s
+            for s in services
+            if s.status == 'enabled'
+            and s.state == 'up'
+            and (not zone or s.availability_zone == zone)
+        ]
+        if up:
+            return Detection(
+                METHOD,
+                f'cinder-backup is up{where} on {up[0].host} '
+                '(services API)',
+            )
+        if services:
+            return Detection(
+                volume_image.METHOD,
+                f'no enabled cinder-backup service is up{where} '
+                '(services API)',
+            )
+        return Detection(
+            volume_image.METHOD,
+            'the cloud runs no cinder-backup service (services API)',
+        )
+
+    # A plain member: see the module docstring, step 2.
+    try:
+        rejected = [
+            b
+            for b in bs.backups(status='error')
+            if _rejected(b) and _ours(b)
+        ]
+    except sdk_exc.HttpException as exc:
+        LOG.debug('Cannot list backups: %s', exc)
+        rejected = []
+    if rejected and not probe:
+        return Detection(
+            volume_image.METHOD,
+            f'backup {rejected[0].id} was rejected earlier for lack of a '
+            'backup service (not re-checked in a dry run)',
+            confirmed=False,
+        )
+    if rejected:
+        old = rejected[0]
+        try:
+            # ignore_missing=False: Cinder's "no backup service" is a 404
+            bs.delete_backup(old, ignore_missing=False)
+        except sdk_exc.HttpException as exc:
+            if _service_missing(exc):
+                return Detection(
+                    volume_image.METHOD,
+                    'no backup service: Cinder still cannot delete backup '
+                    f'{old.id}, which it rejected earlier for lack of one '
+                    f'("{API_REJECTION}")',
+                )
+            LOG.debug('Could not delete rejected backup %s: %s', old.id, exc)
+        else:
+            return Detection(
+                METHOD,
+                'a backup service is back: Cinder accepted the deletion of '
+                f'backup {old.id}, which it had rejected for lack of one',
+            )
+    return Detection(
+        METHOD,
+        'cannot list services (not an admin): trying the Cinder backup '
+        'API; falls back to the image path if Cinder has no backup '
+        'service',
+        confirmed=False,
+    )
+
+
+# -- the backup path ---------------------------------------------------
+def record_metadata(
+    volume: Any, consistency: str, run: tags.Run
+) -> dict[str, str]:
+    """What a restore needs, as backup metadata (image-path keys)."""
+    record = volume_image.record_properties(volume, consistency, run)
+    record[KEY_METHOD] = METHOD
+    return record
+
+
+def has_full_backup(block_storage: Any, volume: Any) -> bool:
+    """Whether Cinder has a backup to base an incremental one on."""
+    return any(
+        b.status == 'available'
+        for b in block_storage.backups(volume_id=volume.id)
+    )
+
+
+def preflight(conn: Any, volume: Any, opts: Options) -> str:
+    """Check what can be checked before creating anything.
+
+    :returns: the consistency label of the backup to be made.
+    """
+    bs = conn.block_storage
+    status = volume.status
+    label = volumes.volume_label(volume)
+    if status not in CONSISTENCY:
+        raise errors.InvalidInput(
+            f"Volume {label} is '{status}': only 'available' or 'in-use' "
+            "volumes can be backed up; wait until it is, or ask the cloud "
+            "operator if it is stuck."
+        )
+    reserved = sorted(k for k in opts.properties if k.startswith(tags.PREFIX))
+    if reserved:
+        raise errors.InvalidInput(
+            f"Property keys starting with '{tags.PREFIX}' are reserved for "
+            f"osc-backup's own record: {', '.join(reserved)}."
+        )
+    if opts.properties and not supports(bs, MV_METADATA):
+        raise errors.InvalidInput(
+            f'--os-volume-api-version {MV_METADATA} or greater is required '
+            'to support the --property option (backup metadata); this '
+            'cloud does not offer it.'
+        )
+    if opts.availability_zone and not supports(bs, MV_AZ):
+        raise errors.InvalidInput(
+            f'--os-volume-api-version {MV_AZ} or greater is required to '
+            'support the --availability-zone option; this cloud does not '
+            'offer it.'
+        )
+    if opts.timeout <= 0:
+        raise errors.InvalidInput('--timeout must be a positive number.')
+    return CONSISTENCY[status]
+
+
+def _request(
+    conn: Any, volume: Any, opts: Options, run: tags.Run, consistency: str
+) -> tuple[dict[str, Any], str | None]:
+    """The create attributes, and a notice if --incremental became full."""
+    bs = conn.block_storage
+    notice = None
+    incremental = opts.incremental
+    if incremental and not has_full_backup(bs, volume):
+        incremental = False
+        notice = (
+            f'volume {volumes.volume_label(volume)} has no available backup '
+            'yet: made a full backup instead of an incremental one (the next '
+            '--incremental run builds on it)'
+        )
+    attrs: dict[str, Any] = {
+        'volume_id': volume.id,
+        'name': opts.name or run.default_name(volume.name or volume.id),
+        'is_incremental': incremental,
+    }
+    if opts.description:
+        attrs['description'] = opts.description
+    if volume.status == 'in-use':
+        attrs['force'] = True
+    if opts.container:
+        attrs['container'] = opts.container
+    if opts.availability_zone:
+        attrs['availability_zone'] = opts.availability_zone
+    if supports(bs, MV_METADATA):
+        metadata = record_metadata(volume, consistency, run)
+        metadata.update(opts.properties)
+        attrs['metadata'] = metadata
+    return attrs, notice
+
+
+def plan(
+    conn: Any, volume: Any, opts: Options, run: tags.Run
+) -> dict[str, Any]:
+    """The steps and API calls a real run would make; changes nothing."""
+    consistency = preflight(conn, volume, opts)
+    attrs, notice = _request(conn, volume, opts, run, consistency)
+    shown = ' '.join(
+        f'{k}={str(v).lower() if isinstance(v, bool) else v}'
+        for k, v in attrs.items()
+        if k not in ('metadata', 'description')
+    )
+    steps = [f'POST /backups {shown}']
+    if 'metadata' in attrs:
+        steps[0] += f' metadata={tags.PREFIX}*'
+    if notice:
+        steps.append(f'note: {notice}')
+    if opts.wait:
+        steps.append(
+            f'wait backup available; wait volume {volume.status} again'
+        )
+    return {
+        'dry_run': True,
+        'method': METHOD,
+        'source_volume_id': volume.id,
+        'source_volume_name': volume.name,
+        'source_volume_status': volume.status,
+        'consistency': consistency,
+        'name': attrs['name'],
+        'steps': steps,
+    }
+
+
+def _delete_backup(bs: Any, backup_id: str, interval: float) -> None:
+    try:
+        backup = bs.get_backup(backup_id)
+    except sdk_exc.NotFoundException:
+        return
+    if backup.status == 'creating':
+        backup = waits.wait_for_status(
+            bs, backup, 'available', kind='backup',
+            step='wait for the incomplete backup to settle',
+            timeout=volumes.CLEANUP_TIMEOUT, interval=interval,
+            failures=['error'],
+        )
+    bs.delete_backup(backup, ignore_missing=True)
+    waits.wait_for_delete(
+        bs, backup, kind='backup', step='delete incomplete backup',
+        timeout=volumes.CLEANUP_TIMEOUT, interval=interval,
+    )
+
+
+def _rejection(backup_id: str) -> NoBackupService:
+    return NoBackupService(
+        f'Cinder has no backup service that could take the backup: it '
+        f'rejected backup {backup_id} ("{SCHEDULER_REJECTION}."). Cinder '
+        'keeps that record in status error and lets nobody delete it '
+        'until a backup service runs; then remove it with '
+        f"'openstack volume backup delete {backup_id}' (an automatic "
+        "'openstack backup volume create' does it for you).",
+        leftover=backup_id,
+    )
+
+
+def backup_volume_via_backup(
+    conn: Any,
+    volume: Any,
+    opts: Options,
+    *,
+    run: tags.Run,
+    reporter: Reporter,
+    method_reason: str = 'requested with --via-backup',
+) -> dict[str, Any]:
+    """Back up ``volume`` with the Cinder Backup API.
+
+    :raises NoBackupService: Cinder has no backup service to take it
+        (synchronously on old releases, or the scheduler's rejection).
+    """
+    consistency = preflight(conn, volume, opts)
+    bs = conn.block_storage
+    started = time.monotonic()
+    deadline = waits.Deadline(opts.timeout)
+    label = volumes.volume_label(volume)
+    attrs, notice = _request(conn, volume, opts, run, consistency)
+    if volume.status == 'in-use':
+        reporter.warn(CRASH_WARNING.format(volume=label))
+    if notice:
+        reporter.note(f'Note: {notice}.')
+        method_reason = f'{method_reason}; {notice}'
+    if 'metadata' not in attrs:
+        reporter.warn(
+            f'this cloud offers no backup metadata (microversion '
+            f'{MV_METADATA}): the volume type and bootable flag are not '
+            'recorded; restore with --type.'
+        )
+
+    cleanup = Cleanup(reporter, run_id=run.run_id)
+    rejected = {'id': ''}
+    with cleanup.guard():
+        reporter.step(f'Creating backup of {label}')
+        try:
+            backup = bs.create_backup(**attrs)
+        except sdk_exc.HttpException as exc:
+            if exc.status_code in (503, 404) and _service_missing(exc):
+                raise NoBackupService(
+                    'Cinder has no backup service that could take the '
+                    f'backup: {API_REJECTION}. Nothing was created.'
+                ) from exc
+            raise errors.BackupError(
+                f'Cinder refused the backup of volume {label}: '
+                f'{exc.details or exc}'
+            ) from exc
+        backup_id = backup.id
+
+        def undo() -> None:
+            if rejected['id'] != backup_id:
+                _delete_backup(bs, backup_id, opts.interval)
+
+        cleanup.add(
+            f'delete incomplete backup {backup_id}',
+            undo,
+            leftover=f'backup {backup_id}',
+            remove_command=f'openstack volume backup delete {backup_id}',
+            when=PARTIAL,
+        )
+        if opts.wait:
+            reporter.step(f'Waiting for backup {backup_id} to be available')
+            try:
+                backup = waits.wait_for_status(
+                    bs, backup, 'available', kind='backup',
+                    step='create backup', timeout=deadline,
+                    interval=opts.interval, failures=BACKUP_FAILURES,
+                )
+            except errors.WaitError:
+                current = _get(bs, backup_id)
+                if current is not None and _rejected(current):
+                    rejected['id'] = backup_id
+                    raise _rejection(backup_id) from None
+                raise
+            reporter.step(f'Waiting for volume {label} to be released')
+            waits.wait_for_status(
+                bs, volume, volume.status, kind='volume',
+                step='wait for the backed-up volume to be released',
+                timeout=deadline, interval=opts.interval,
+            )
+        cleanup.outcome = f'backup {backup_id} is {backup.status}'
+
+    return {
+        'method': METHOD,
+        'method_reason': method_reason,
+        'backup_id': backup.id,
+        'name': backup.name,
+        'status': backup.status,
+        'is_incremental': bool(backup.is_incremental),
+        'container': backup.container,
+        'size': backup.size,
+        'consistency': consistency,
+        'source_volume_id': volume.id,
+        'source_volume_name': volume.name,
+        'run_id': run.run_id,
+        'duration': round(time.monotonic() - started, 1),
+    }
+
+
+def _get(bs: Any, backup_id: str) -> Any | None:
+    try:
+        return bs.get_backup(backup_id)
+    except sdk_exc.HttpException:
+        return None

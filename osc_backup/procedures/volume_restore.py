@@ -1,0 +1,401 @@
+#   Licensed under the Apache License, Version 2.0 (the "License"); you may
+#   not use this file except in compliance with the License. You may obtain
+#   a copy of the License at
+#
+#        http://www.apache.org/licenses/LICENSE-2.0
+#
+#   Unless required by applicable law or agreed to in writing, software
+#   distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#   WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#   License for the specific language governing permissions and limitations
+#   under the License.
+
+"""Cinder backup or backup image -> volume.
+
+From a Cinder backup, into a new volume: we always create the target
+volume ourselves (recorded type and size, or ``--type``; ``--name``,
+``--availability-zone``), wait until it is ``available``, and restore onto
+it. Cinder's own "restore into a new volume" creates a volume of the
+*default* type in the default zone (the API takes only ``name``), which
+loses the recorded type, and fails (``error_restoring``) for an encrypted
+volume type that is not the default; the errata's workaround, an empty
+volume of exactly that type and size, is what we do every time. It also
+means a failed restore leaves nothing: the volume is ours and is deleted
+(Cinder's auto-created volume would be left behind when no backup service
+answers).
+
+From an image made by ``--via-image``: a volume is created from the image
+with the recorded type, size and bootable flag (image properties
+``osc_backup_volume_type``, ``osc_backup_volume_size_gb``,
+``osc_backup_bootable``).
+
+Onto an existing volume only with ``--volume V --force`` and only when V is
+``available``: a backup is restored onto it, an image is written with
+Cinder's re-image action (microversion 3.68).
+
+Plain module: takes an openstacksdk ``Connection``; no cliff.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from openstack import exceptions as sdk_exc
+
+from osc_backup.common import errors
+from osc_backup.common import tags
+from osc_backup.common import volumes
+from osc_backup.common import waits
+from osc_backup.common.cleanup import PARTIAL, Cleanup
+from osc_backup.common.progress import Reporter
+from osc_backup.procedures import volume_backup
+from osc_backup.procedures import volume_image
+
+BACKUP = 'backup'
+IMAGE = 'image'
+
+MV_REIMAGE = '3.68'
+
+KEY_RESTORED_FROM = tags.PREFIX + 'restored_from'
+
+VOLUME_FAILURES = ['error', 'error_restoring', 'error_extending', 'deleted']
+
+
+@dataclass
+class Source:
+    kind: str  # BACKUP or IMAGE
+    resource: Any
+
+    @property
+    def record(self) -> dict[str, str]:
+        """The osc_backup_* record: backup metadata or image properties."""
+        if self.kind == BACKUP:
+            data = dict(self.resource.metadata or {})
+        else:
+            data = dict(self.resource.properties or {})
+        return {
+            k: str(v) for k, v in data.items() if k.startswith(tags.PREFIX)
+        }
+
+
+@dataclass
+class Options:
+    name: str | None = None
+    description: str | None = None
+    volume_type: str | None = None
+    availability_zone: str | None = None
+    #: name or ID of an existing volume to overwrite (needs force)
+    volume: str | None = None
+    force: bool = False
+    wait: bool = True
+    timeout: float = 3600.0
+    interval: float = waits.DEFAULT_INTERVAL
+
+
+def find_source(conn: Any, name_or_id: str) -> Source:
+    """A Cinder backup or a Glance image, by name or ID; one clear error
+    when it is neither, or both."""
+    found: list[Source] = []
+    for kind, finder in (
+        (BACKUP, conn.block_storage.find_backup),
+        (IMAGE, conn.image.find_image),
+    ):
+        try:
+            res = finder(name_or_id, ignore_missing=True)
+        except sdk_exc.DuplicateResource:
+            raise errors.InvalidInput(
+                f"More than one {kind} is named '{name_or_id}': use its ID."
+            ) from None
+        if res is not None:
+            found.append(Source(kind, res))
+    if not found:
+        raise errors.InvalidInput(
+            f"No backup or image with name or ID '{name_or_id}' found."
+        )
+    if len(found) > 1:
+        raise errors.InvalidInput(
+            f"'{name_or_id}' names both backup {found[0].resource.id} and "
+            f"image {found[1].resource.id}: use the ID."
+        )
+    return found[0]
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, '') else None
+    except ValueError:
+        return None
+
+
+def _bool(value: str | None) -> bool | None:
+    if value is None or value == '':
+        return None
+    return value.strip().lower() in ('true', '1', 'yes')
+
+
+@dataclass
+class Plan:
+    source: Source
+    size: int
+    volume_type: str | None
+    bootable: bool | None
+    target: Any | None  # existing volume, or None for a new one
+    name: str
+
+
+def prepare(
+    conn: Any, source: Source, opts: Options, run: tags.Run
+) -> Plan:
+    """All checks, before anything is created."""
+    bs = conn.block_storage
+    res = source.resource
+    record = source.record
+    if opts.volume and not opts.force:
+        raise errors.InvalidInput(
+            f"Restoring onto existing volume '{opts.volume}' overwrites all "
+            'its data: add --force to confirm.'
+        )
+    if opts.force and not opts.volume:
+        raise errors.InvalidInput(
+            '--force only applies to --volume (restoring onto an existing '
+            'volume); a new volume needs no --force.'
+        )
+    if opts.volume and (
+        opts.name or opts.volume_type or opts.availability_zone
+        or opts.description
+    ):
+        raise errors.InvalidInput(
+            '--name, --description, --type and --availability-zone '
+            'describe a new volume; they cannot be used with --volume.'
+        )
+    if opts.timeout <= 0:
+        raise errors.InvalidInput('--timeout must be a positive number.')
+
+    if source.kind == BACKUP:
+        if res.status != 'available':
+            raise errors.InvalidInput(
+                f"Backup {res.id} is '{res.status}': only an 'available' "
+                'backup can be restored.'
+            )
+        size = int(res.size or _int(record.get(volume_backup.KEY_SIZE)) or 0)
+    else:
+        if res.status != 'active':
+            raise errors.InvalidInput(
+                f"Image {res.id} is '{res.status}': only an 'active' image "
+                'can be restored.'
+            )
+        gib = 1024**3
+        from_bytes = -(-int(res.size or 0) // gib)
+        size = max(
+            _int(record.get(volume_image.PROP_SIZE)) or 0,
+            int(getattr(res, 'min_disk', 0) or 0),
+            from_bytes,
+        )
+    if size <= 0:
+        raise errors.InvalidInput(
+            f'Cannot tell the size of {source.kind} {res.id}.'
+        )
+    bootable = _bool(record.get(volume_image.PROP_BOOTABLE))
+    source_name = record.get(volume_image.PROP_SOURCE_NAME) or (
+        res.name or res.id
+    )
+
+    target = None
+    volume_type = None
+    if opts.volume:
+        target = volumes.find_volume(bs, opts.volume)
+        label = volumes.volume_label(target)
+        if target.status != 'available':
+            raise errors.InvalidInput(
+                f"Volume {label} is '{target.status}': a restore can only "
+                "overwrite an 'available' (detached) volume."
+            )
+        if int(target.size or 0) < size:
+            raise errors.InvalidInput(
+                f'Volume {label} has {target.size} GiB; the {source.kind} '
+                f'needs {size} GiB.'
+            )
+        if source.kind == IMAGE and not volume_backup.supports(
+            bs, MV_REIMAGE
+        ):
+            raise errors.InvalidInput(
+                'Writing an image onto an existing volume needs Cinder\'s '
+                f're-image action (microversion {MV_REIMAGE}), which this '
+                'cloud does not offer: restore into a new volume instead.'
+            )
+        name = target.name or target.id
+    else:
+        volume_type = opts.volume_type or (
+            record.get(volume_image.PROP_VOLUME_TYPE) or None
+        )
+        if volume_type:
+            try:
+                bs.find_type(volume_type, ignore_missing=False)
+            except sdk_exc.NotFoundException:
+                given = 'given' if opts.volume_type else 'recorded'
+                raise errors.InvalidInput(
+                    f"The {given} volume type '{volume_type}' does not exist "
+                    'in this cloud: pass --type with one that does.'
+                ) from None
+            except sdk_exc.DuplicateResource:
+                raise errors.InvalidInput(
+                    f"More than one volume type is named '{volume_type}'."
+                ) from None
+        name = opts.name or (
+            f'{source_name}-restore-{tags.utc_stamp(run.started)}'
+            f'-{run.run_id[:6]}'
+        )
+    return Plan(source, size, volume_type, bootable, target, name)
+
+
+def _new_volume(
+    conn: Any,
+    plan: Plan,
+    opts: Options,
+    run: tags.Run,
+    cleanup: Cleanup,
+    **extra: Any,
+) -> Any:
+    bs = conn.block_storage
+    res = plan.source.resource
+    attrs: dict[str, Any] = {
+        'size': plan.size,
+        'name': plan.name,
+        'description': opts.description
+        or f'Restored by osc-backup from {plan.source.kind} {res.id}',
+        'metadata': {
+            tags.KEY_TOOL: tags.TOOL,
+            tags.KEY_RUN_ID: run.run_id,
+            KEY_RESTORED_FROM: f'{plan.source.kind}:{res.id}',
+        },
+    }
+    if plan.volume_type:
+        attrs['volume_type'] = plan.volume_type
+    if opts.availability_zone:
+        attrs['availability_zone'] = opts.availability_zone
+    attrs.update(extra)
+    vol = bs.create_volume(**attrs)
+    cleanup.add(
+        f'delete incomplete volume {vol.id}',
+        lambda: volumes.delete_volume(
+            bs, vol.id, step='delete incomplete restore target',
+            interval=opts.interval,
+        ),
+        leftover=f'volume {vol.id}',
+        remove_command=f'openstack volume delete {vol.id}',
+        when=PARTIAL,
+    )
+    return vol
+
+
+def restore(
+    conn: Any,
+    source: Source,
+    opts: Options,
+    *,
+    run: tags.Run,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Restore ``source`` into a volume; see the module docstring."""
+    plan = prepare(conn, source, opts, run)
+    bs = conn.block_storage
+    res = source.resource
+    started = time.monotonic()
+    deadline = waits.Deadline(opts.timeout)
+    cleanup = Cleanup(reporter, run_id=run.run_id)
+    how: str
+    with cleanup.guard():
+        if source.kind == BACKUP:
+            if plan.target is None:
+                reporter.step(
+                    f'Creating empty volume {plan.name} ({plan.size} GiB, '
+                    f'type {plan.volume_type or "default"})'
+                )
+                vol = _new_volume(conn, plan, opts, run, cleanup)
+                vol = waits.wait_for_status(
+                    bs, vol, 'available', kind='volume',
+                    step='create the restore target volume',
+                    timeout=deadline, interval=opts.interval,
+                )
+                how = 'backup restored onto a new volume'
+            else:
+                vol = plan.target
+                how = 'backup restored onto existing volume (--force)'
+            reporter.step(f'Restoring backup {res.id} onto volume {vol.id}')
+            try:
+                bs.restore_backup(res, volume=vol.id)
+            except sdk_exc.HttpException as exc:
+                raise errors.BackupError(
+                    f'Cinder refused to restore backup {res.id} onto volume '
+                    f'{vol.id}: {exc.details or exc}'
+                ) from exc
+            if opts.wait:
+                vol = waits.wait_for_status(
+                    bs, vol, 'available', kind='volume',
+                    step='restore backup', timeout=deadline,
+                    interval=opts.interval, failures=VOLUME_FAILURES,
+                )
+                waits.wait_for_status(
+                    bs, res, 'available', kind='backup',
+                    step='wait for the backup to be released',
+                    timeout=deadline, interval=opts.interval,
+                )
+        elif plan.target is None:
+            reporter.step(f'Creating volume {plan.name} from image {res.id}')
+            vol = _new_volume(
+                conn, plan, opts, run, cleanup, image_id=res.id
+            )
+            how = 'new volume created from the image'
+            vol = waits.wait_for_status(
+                bs, vol, 'available', kind='volume',
+                step='create volume from image', timeout=deadline,
+                interval=opts.interval, failures=VOLUME_FAILURES,
+            )
+        else:
+            vol = plan.target
+            how = 'image written onto existing volume (--force, re-image)'
+            reporter.step(f'Re-imaging volume {vol.id} from image {res.id}')
+            response = bs.post(
+                f'/volumes/{vol.id}/action',
+                json={
+                    'os-reimage': {
+                        'image_id': res.id,
+                        'reimage_reserved': False,
+                    }
+                },
+                microversion=MV_REIMAGE,
+            )
+            sdk_exc.raise_from_response(response)
+            vol = waits.wait_for_status(
+                bs, vol, 'available', kind='volume',
+                step='re-image volume', timeout=deadline,
+                interval=opts.interval, failures=VOLUME_FAILURES,
+            )
+        if (
+            plan.bootable is not None
+            and vol.status == 'available'
+            and bool(vol.is_bootable) != plan.bootable
+        ):
+            bs.set_volume_bootable_status(vol, plan.bootable)
+            vol = bs.get_volume(vol.id)
+        cleanup.outcome = f'volume {vol.id} is {vol.status}'
+
+    record = source.record
+    return {
+        'volume_id': vol.id,
+        'name': vol.name,
+        'status': vol.status,
+        'size': vol.size,
+        'volume_type': vol.volume_type,
+        'bootable': bool(vol.is_bootable),
+        'availability_zone': vol.availability_zone,
+        'source_kind': source.kind,
+        'source_id': res.id,
+        'source_name': res.name,
+        'source_volume_id': record.get(volume_image.PROP_SOURCE_ID),
+        'restore_method': how,
+        'run_id': run.run_id,
+        'duration': round(time.monotonic() - started, 1),
+    }
