@@ -1,0 +1,905 @@
+"""Unit tests for osc_backup.download and the image set format.
+
+HTTP is mocked with requests-mock behind a tiny fake image proxy that
+behaves like openstacksdk's (relative URLs, ``raise_exc``); no sleeps.
+"""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+from unittest import mock
+
+import fixtures
+import requests
+import requests_mock
+import testtools
+from openstack import exceptions as sdk_exc
+
+from osc_backup import download
+from osc_backup.common import errors
+from osc_backup.procedures import image_sets
+
+ENDPOINT = 'http://glance.test/v2'
+IMAGE_ID = '3f2a9c1b-7d4e-4f6a-9b1c-0123456789ab'
+DATA = os.urandom(100_000 + 123)
+
+
+def record(data=DATA, **over):
+    rec = {
+        'id': IMAGE_ID,
+        'name': 'db data backup',
+        'status': 'active',
+        'size': len(data),
+        'virtual_size': None,
+        'disk_format': 'raw',
+        'container_format': 'bare',
+        'min_disk': 1,
+        'min_ram': 0,
+        'checksum': hashlib.md5(data).hexdigest(),
+        'os_hash_algo': 'sha512',
+        'os_hash_value': hashlib.sha512(data).hexdigest(),
+        'visibility': 'private',
+        'protected': False,
+        'tags': ['nightly'],
+        'owner': 'p1',
+        'created_at': '2024-01-01T00:00:00Z',
+        'updated_at': '2024-01-01T00:00:00Z',
+        'file': f'/v2/images/{IMAGE_ID}/file',
+        'self': f'/v2/images/{IMAGE_ID}',
+        'schema': '/v2/schemas/image',
+        'stores': 'fs',
+        'os_glance_import_task': 'x',
+        'osc_backup_tool': 'osc-backup',
+        'osc_backup_source_volume_id': 'v-1',
+        'hw_disk_bus': 'scsi',
+    }
+    rec.update(over)
+    return rec
+
+
+class FakeImageProxy:
+    """What save_image uses of ``conn.image``: get/post/put + find."""
+
+    def __init__(self):
+        self.session = requests.Session()
+        self.find_image = mock.Mock()
+        self.find_image.return_value = mock.Mock(id=IMAGE_ID)
+
+    def _call(self, method, url, **kwargs):
+        kwargs.pop('raise_exc', None)
+        return self.session.request(method, ENDPOINT + url, **kwargs)
+
+    def get(self, url, **kwargs):
+        return self._call('GET', url, **kwargs)
+
+    def post(self, url, **kwargs):
+        return self._call('POST', url, **kwargs)
+
+    def put(self, url, **kwargs):
+        return self._call('PUT', url, **kwargs)
+
+
+class FakeConn:
+    def __init__(self):
+        self.image = FakeImageProxy()
+        self.config = mock.Mock(region_name='RegionOne')
+        self.config.name = 'minicloud'
+        self.config.auth = {'auth_url': 'http://127.0.0.1:5000/v3'}
+        self.current_project_id = 'p1'
+
+
+class Flaky(io.RawIOBase):
+    """A body that fails with ``exc`` after ``fail_after`` bytes."""
+
+    def __init__(self, data, fail_after, exc=None):
+        self._data = memoryview(data)
+        self._pos = 0
+        self._fail_after = fail_after
+        self._exc = exc or ConnectionResetError(104, 'Connection reset')
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self._pos >= self._fail_after:
+            raise self._exc
+        n = min(len(b), len(self._data) - self._pos,
+                self._fail_after - self._pos)
+        b[:n] = self._data[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+def small_options(**over):
+    sleeps = []
+    opts = dict(buffer_size=8192, buffers=3, flush_window=16384,
+                sleep=sleeps.append)
+    opts.update(over)
+    return download.TransferOptions(**opts), sleeps
+
+
+class DownloadTestCase(testtools.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.conn = FakeConn()
+        self.mock = self.useFixture(
+            fixtures.MockPatchObject(self.conn.image, 'session'))
+        self.conn.image.session = requests.Session()
+        self.adapter = requests_mock.Adapter()
+        self.conn.image.session.mount('http://', self.adapter)
+        self.rec = record()
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
+        self.file_url = f'{ENDPOINT}/images/{IMAGE_ID}/file'
+        self.final = os.path.join(self.dir, 'img.raw')
+        self.part = os.path.join(self.dir, '.img.raw.part')
+        self.state = os.path.join(self.dir, '.img.raw.part.json')
+
+    def serve(self, *responses):
+        self.adapter.register_uri('GET', self.file_url, list(responses))
+
+    def ranged(self, data, start):
+        return {
+            'status_code': 206,
+            'body': io.BytesIO(data[start:]),
+            'headers': {
+                'Content-Range': f'bytes {start}-{len(data) - 1}/{len(data)}',
+                'Content-Length': str(len(data) - start),
+            },
+        }
+
+    def whole(self, data=DATA):
+        return {'status_code': 200, 'body': io.BytesIO(data),
+                'headers': {'Content-Length': str(len(data))}}
+
+    def save(self, target=None, **kwargs):
+        opts = kwargs.pop('options', None) or small_options()[0]
+        kwargs.setdefault('as_file', True)
+        return download.save_image(
+            self.conn, IMAGE_ID, target or self.final, options=opts,
+            **kwargs)
+
+    def file_requests(self):
+        return [r for r in self.adapter.request_history
+                if r.url.endswith('/file')]
+
+    def write_partial(self, data, state=None):
+        with open(self.part, 'wb') as f:
+            f.write(data)
+        with open(self.state, 'w') as f:
+            json.dump(state or download._state(self.rec), f)
+
+    def listing(self):
+        return sorted(os.listdir(self.dir))
+
+
+class TestExpectedHash(testtools.TestCase):
+    def test_os_hash_preferred(self):
+        exp = download.expected_hash(record())
+        self.assertEqual('sha512', exp.algorithm)
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(), exp.value)
+        self.assertEqual(len(DATA), exp.size)
+
+    def test_md5_fallback(self):
+        exp = download.expected_hash(
+            record(os_hash_algo=None, os_hash_value=None))
+        self.assertEqual(('md5', hashlib.md5(DATA).hexdigest()),
+                         (exp.algorithm, exp.value))
+
+    def test_unknown_algorithm_falls_back_to_md5(self):
+        exp = download.expected_hash(record(os_hash_algo='whirlpool-9000'))
+        self.assertEqual('md5', exp.algorithm)
+
+    def test_no_hash_refused(self):
+        rec = record(os_hash_algo=None, os_hash_value=None, checksum=None)
+        e = self.assertRaises(errors.InvalidInput, download.expected_hash,
+                              rec)
+        self.assertIn('--allow-unverified', str(e))
+        exp = download.expected_hash(rec, allow_unverified=True)
+        self.assertIsNone(exp.algorithm)
+
+
+class TestSave(DownloadTestCase):
+    def test_save_verifies_and_writes_set(self):
+        self.serve(self.whole())
+        saved = self.save()
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+        self.assertEqual('sha512', saved.hash_algo)
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
+        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+        self.assertEqual(len(DATA), saved.size)
+        self.assertEqual(0, saved.resumed_from)
+        self.assertEqual(0, saved.retries)
+        self.assertEqual(
+            ['img.raw', 'img.raw.manifest.json', 'img.raw.sha256'],
+            self.listing())
+        self.assertEqual(
+            [self.final, self.final + '.manifest.json',
+             self.final + '.sha256'], saved.files)
+        # one GET without Range
+        reqs = self.file_requests()
+        self.assertEqual(1, len(reqs))
+        self.assertNotIn('Range', reqs[0].headers)
+
+    def test_manifest_contents(self):
+        self.serve(self.whole())
+        saved = self.save()
+        with open(saved.manifest) as f:
+            m = json.load(f)
+        self.assertEqual('osc-backup-image-set', m['format'])
+        self.assertEqual(IMAGE_ID, m['image']['id'])
+        self.assertEqual('db data backup', m['image']['name'])
+        self.assertEqual('raw', m['image']['disk_format'])
+        self.assertEqual('bare', m['image']['container_format'])
+        self.assertEqual(1, m['image']['min_disk'])
+        self.assertEqual(0, m['image']['min_ram'])
+        self.assertEqual(self.rec, m['glance_record'])
+        self.assertEqual({'osc_backup_tool': 'osc-backup',
+                          'osc_backup_source_volume_id': 'v-1'},
+                         m['backup'])
+        self.assertEqual('img.raw', m['data']['file'])
+        self.assertEqual(hashlib.sha256(DATA).hexdigest(),
+                         m['data']['sha256'])
+        self.assertEqual('sha512', m['data']['verified_algo'])
+        self.assertEqual({'cloud': 'minicloud', 'region': 'RegionOne',
+                          'project_id': 'p1',
+                          'auth_url': 'http://127.0.0.1:5000/v3'},
+                         m['source'])
+        self.assertIn('tool_version', m)
+        self.assertTrue(m['saved_at'].endswith('Z'))
+
+    def test_checksum_file_accepted_by_sha256sum(self):
+        self.serve(self.whole())
+        saved = self.save()
+        with open(saved.checksum_file) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(
+            f'{hashlib.sha256(DATA).hexdigest()}  img.raw', lines[0])
+        self.assertTrue(lines[1].endswith('  img.raw.manifest.json'))
+        p = subprocess.run(['sha256sum', '-c', 'img.raw.sha256'],
+                           cwd=self.dir, capture_output=True, text=True)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
+
+    def test_directory_target_names_file_after_image(self):
+        self.serve(self.whole())
+        saved = download.save_image(
+            self.conn, IMAGE_ID, self.dir, options=small_options()[0])
+        self.assertEqual(
+            os.path.join(self.dir, 'db-data-backup-3f2a9c1b.raw'),
+            saved.file)
+
+    def test_directory_created(self):
+        self.serve(self.whole())
+        target = os.path.join(self.dir, 'new', 'sub')
+        saved = download.save_image(
+            self.conn, IMAGE_ID, target, as_file=False,
+            options=small_options()[0])
+        self.assertEqual(target, os.path.dirname(saved.file))
+
+    def test_image_object_accepted(self):
+        self.serve(self.whole())
+        image = mock.Mock(id=IMAGE_ID)
+        download.save_image(self.conn, image, self.final,
+                            options=small_options()[0])
+        self.conn.image.find_image.assert_not_called()
+
+    def test_name_resolved(self):
+        self.serve(self.whole())
+        download.save_image(self.conn, 'db', self.final,
+                            options=small_options()[0])
+        self.conn.image.find_image.assert_called_once_with(
+            'db', ignore_missing=False)
+
+    def test_not_found_and_duplicate(self):
+        self.conn.image.find_image.side_effect = sdk_exc.NotFoundException()
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertEqual("No image with name or ID '%s' found." % IMAGE_ID,
+                         str(e))
+        self.conn.image.find_image.side_effect = (
+            sdk_exc.DuplicateResource())
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('More than one image', str(e))
+
+    def test_not_active_refused(self):
+        for status, words in (('queued', 'has no data yet'),
+                              ('deactivated', 'administrator reactivates'),
+                              ('saving', 'still being uploaded')):
+            self.adapter.register_uri(
+                'GET', f'{ENDPOINT}/images/{IMAGE_ID}',
+                json=record(status=status))
+            e = self.assertRaises(errors.InvalidInput, self.save)
+            self.assertIn(f"is '{status}'", str(e))
+            self.assertIn(words, str(e))
+        self.assertEqual([], self.file_requests())
+        self.assertEqual([], self.listing())
+
+    def test_refuses_to_overwrite(self):
+        with open(self.final, 'w') as f:
+            f.write('old')
+        self.serve(self.whole())
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('--overwrite', str(e))
+        self.assertEqual([], self.file_requests())
+        with open(self.final) as f:
+            self.assertEqual('old', f.read())
+
+    def test_refuses_when_only_manifest_exists(self):
+        with open(self.final + '.manifest.json', 'w') as f:
+            f.write('{}')
+        self.serve(self.whole())
+        self.assertRaises(errors.InvalidInput, self.save)
+
+    def test_overwrite(self):
+        with open(self.final, 'w') as f:
+            f.write('old')
+        self.serve(self.whole())
+        self.save(overwrite=True)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_md5_only_image(self):
+        self.rec = record(os_hash_algo=None, os_hash_value=None)
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
+        self.serve(self.whole())
+        saved = self.save()
+        self.assertEqual(('md5', hashlib.md5(DATA).hexdigest()),
+                         (saved.hash_algo, saved.hash_value))
+
+    def test_sha256_image_uses_one_hasher(self):
+        self.rec = record(os_hash_algo='sha256',
+                          os_hash_value=hashlib.sha256(DATA).hexdigest())
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
+        self.serve(self.whole())
+        saved = self.save()
+        self.assertEqual(saved.hash_value, saved.sha256)
+
+    def test_final_name_absent_while_downloading(self):
+        seen = []
+
+        def body(request, context):
+            seen.append((os.path.exists(self.final),
+                         os.path.exists(self.part),
+                         os.path.exists(self.state)))
+            return DATA
+
+        self.adapter.register_uri('GET', self.file_url, content=body)
+        self.save()
+        self.assertEqual([(False, True, True)], seen)
+        self.assertTrue(os.path.exists(self.final))
+        self.assertFalse(os.path.exists(self.part))
+        self.assertFalse(os.path.exists(self.state))
+
+    def test_fsync_before_rename(self):
+        calls = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd):
+            calls.append('fsync')
+            return real_fsync(fd)
+
+        def replace(a, b):
+            calls.append(('replace', os.path.basename(a),
+                          os.path.basename(b)))
+            return real_replace(a, b)
+
+        self.serve(self.whole())
+        with mock.patch.object(download.os, 'fsync', fsync), \
+                mock.patch.object(download.os, 'replace', replace):
+            self.save()
+        i = calls.index(('replace', '.img.raw.part', 'img.raw'))
+        self.assertEqual('fsync', calls[i - 1])
+
+    def test_fallback_reader_for_encoded_body(self):
+        resp = mock.Mock()
+        resp.headers = {'Content-Encoding': 'gzip'}
+        resp.raw.read.side_effect = [b'abc', b'']
+        read = download._reader(resp)
+        buf = memoryview(bytearray(8))
+        self.assertEqual(3, download._fill(read, buf))
+        self.assertEqual(b'abc', bytes(buf[:3]))
+
+    def test_big_buffers(self):
+        # default options: one buffer holds the whole body
+        self.serve(self.whole())
+        download.save_image(self.conn, IMAGE_ID, self.final,
+                            options=download.TransferOptions())
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+
+class TestMismatch(DownloadTestCase):
+    def setUp(self):
+        super().setUp()
+        bad = bytearray(DATA)
+        bad[5000] ^= 0xFF
+        self.bad = bytes(bad)
+
+    def test_mismatch_removes_everything(self):
+        self.serve(self.whole(self.bad))
+        e = self.assertRaises(download.HashMismatch, self.save)
+        self.assertIn('did not verify', str(e))
+        self.assertIn(hashlib.sha512(DATA).hexdigest(), str(e))
+        self.assertIn(hashlib.sha512(self.bad).hexdigest(), str(e))
+        self.assertEqual([], self.listing())
+
+    def test_mismatch_keep_partial(self):
+        self.serve(self.whole(self.bad))
+        self.assertRaises(download.HashMismatch, self.save,
+                          keep_partial=True)
+        self.assertEqual(['img.raw.unverified'], self.listing())
+        with open(self.final + '.unverified', 'rb') as f:
+            self.assertEqual(self.bad, f.read())
+
+    def test_too_much_data(self):
+        self.serve(self.whole(DATA + b'extra'))
+        e = self.assertRaises(download.HashMismatch, self.save)
+        self.assertIn('more than the', str(e))
+        self.assertEqual([], self.listing())
+
+    def test_existing_final_untouched_on_mismatch(self):
+        with open(self.final, 'w') as f:
+            f.write('previous good backup')
+        self.serve(self.whole(self.bad))
+        self.assertRaises(download.HashMismatch, self.save, overwrite=True)
+        with open(self.final) as f:
+            self.assertEqual('previous good backup', f.read())
+
+
+class TestResume(DownloadTestCase):
+    def test_resume_uses_range(self):
+        start = 30_000
+        self.write_partial(DATA[:start])
+        self.serve(self.ranged(DATA, start))
+        saved = self.save()
+        reqs = self.file_requests()
+        self.assertEqual(1, len(reqs))
+        self.assertEqual(f'bytes={start}-', reqs[0].headers['Range'])
+        self.assertEqual(start, saved.resumed_from)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+        self.assertEqual(['img.raw', 'img.raw.manifest.json',
+                          'img.raw.sha256'], self.listing())
+
+    def test_resume_at_buffer_boundaries(self):
+        for start in (1, 8191, 8192, 8193, len(DATA) - 1):
+            for p in self.listing():
+                os.unlink(os.path.join(self.dir, p))
+            self.write_partial(DATA[:start])
+            self.serve(self.ranged(DATA, start))
+            saved = self.save()
+            self.assertEqual(start, saved.resumed_from)
+            self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+
+    def test_complete_partial_needs_no_request(self):
+        self.write_partial(DATA)
+        self.serve(self.whole())
+        saved = self.save()
+        self.assertEqual([], self.file_requests())
+        self.assertEqual(len(DATA), saved.resumed_from)
+
+    def test_other_image_partial_discarded(self):
+        state = download._state(self.rec)
+        state['os_hash_value'] = 'f' * 128
+        self.write_partial(b'x' * 40_000, state=state)
+        self.serve(self.whole())
+        saved = self.save()
+        self.assertNotIn('Range', self.file_requests()[0].headers)
+        self.assertEqual(0, saved.resumed_from)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_partial_without_state_discarded(self):
+        with open(self.part, 'wb') as f:
+            f.write(b'x' * 50)
+        self.serve(self.whole())
+        self.save()
+        self.assertNotIn('Range', self.file_requests()[0].headers)
+
+    def test_no_resume_option(self):
+        self.write_partial(DATA[:20_000])
+        self.serve(self.whole())
+        saved = self.save(resume=False)
+        self.assertNotIn('Range', self.file_requests()[0].headers)
+        self.assertEqual(0, saved.resumed_from)
+
+    def test_longer_partial_discarded(self):
+        self.write_partial(DATA + b'more')
+        self.serve(self.whole())
+        saved = self.save()
+        self.assertEqual(0, saved.resumed_from)
+
+    def test_200_instead_of_206_restarts_cleanly(self):
+        self.write_partial(DATA[:30_000])
+        self.serve(self.whole())
+        saved = self.save()
+        reqs = self.file_requests()
+        self.assertEqual(1, len(reqs))
+        self.assertEqual('bytes=30000-', reqs[0].headers['Range'])
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+
+    def test_wrong_content_range_restarts(self):
+        self.write_partial(DATA[:30_000])
+        bad = self.ranged(DATA, 20_000)  # the server starts elsewhere
+        self.serve(bad, self.whole())
+        self.save()
+        reqs = self.file_requests()
+        self.assertEqual(2, len(reqs))
+        self.assertNotIn('Range', reqs[1].headers)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_416_restarts(self):
+        self.write_partial(DATA[:30_000])
+        self.serve({'status_code': 416}, self.whole())
+        self.save()
+        self.assertNotIn('Range', self.file_requests()[1].headers)
+
+    def test_corrupt_partial_redownloaded_once(self):
+        start = 30_000
+        bad = bytearray(DATA[:start])
+        bad[10] ^= 1
+        self.write_partial(bytes(bad))
+        self.serve(self.ranged(DATA, start), self.whole())
+        saved = self.save()
+        reqs = self.file_requests()
+        self.assertEqual(2, len(reqs))
+        self.assertEqual(f'bytes={start}-', reqs[0].headers['Range'])
+        self.assertNotIn('Range', reqs[1].headers)
+        self.assertEqual(0, saved.resumed_from)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_locked_partial_refused(self):
+        import fcntl
+        fd = os.open(self.part, os.O_RDWR | os.O_CREAT)
+        self.addCleanup(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('Another download', str(e))
+
+
+class TestRetries(DownloadTestCase):
+    def test_reset_mid_body_resumes_with_range(self):
+        cut = 3 * 8192 + 100
+        self.serve({'status_code': 200, 'body': Flaky(DATA, cut),
+                    'headers': {'Content-Length': str(len(DATA))}},
+                   self.ranged(DATA, 3 * 8192))
+        opts, sleeps = small_options()
+        saved = self.save(options=opts)
+        reqs = self.file_requests()
+        # the partly filled buffer is dropped: resume at its start
+        self.assertEqual('bytes=24576-', reqs[1].headers['Range'])
+        self.assertEqual([1.0], sleeps)
+        self.assertEqual(1, saved.retries)
+        self.assertEqual(0, saved.resumed_from)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_short_body_retried(self):
+        self.serve({'status_code': 200, 'body': io.BytesIO(DATA[:50_000]),
+                    'headers': {}},
+                   self.ranged(DATA, 50_000))
+        opts, sleeps = small_options()
+        self.save(options=opts)
+        self.assertEqual('bytes=50000-', self.file_requests()[1].headers[
+            'Range'])
+        self.assertEqual([1.0], sleeps)
+
+    def test_5xx_retried_with_backoff(self):
+        self.serve({'status_code': 503}, {'status_code': 502},
+                   {'status_code': 500}, self.whole())
+        opts, sleeps = small_options()
+        saved = self.save(options=opts)
+        self.assertEqual([1.0, 2.0, 4.0], sleeps)
+        self.assertEqual(3, saved.retries)
+
+    def test_backoff_capped(self):
+        self.serve(*([{'status_code': 503}] * 6), self.whole())
+        opts, sleeps = small_options(retries=6, backoff=2, backoff_max=10)
+        self.save(options=opts)
+        self.assertEqual([2, 4, 8, 10, 10, 10], sleeps)
+
+    def test_connection_error_retried(self):
+        self.serve({'exc': requests.exceptions.ConnectionError('refused')},
+                   self.whole())
+        opts, sleeps = small_options()
+        self.save(options=opts)
+        self.assertEqual([1.0], sleeps)
+
+    def test_retries_bounded_and_partial_kept(self):
+        cut = 2 * 8192
+        self.serve({'status_code': 200, 'body': Flaky(DATA, cut),
+                    'headers': {}},
+                   *([{'status_code': 503}] * 10))
+        opts, sleeps = small_options(retries=3)
+        e = self.assertRaises(errors.BackupError, self.save, options=opts)
+        self.assertIn('failed after 3 retries', str(e))
+        self.assertIn('run the same command again to resume', str(e))
+        self.assertEqual([1.0, 2.0, 4.0], sleeps)
+        self.assertEqual(['.img.raw.part', '.img.raw.part.json'],
+                         self.listing())
+        self.assertEqual(cut, os.path.getsize(self.part))
+        # ... and the next run resumes it
+        self.adapter.register_uri('GET', self.file_url,
+                                  [self.ranged(DATA, cut)])
+        saved = self.save()
+        self.assertEqual(cut, saved.resumed_from)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_404_not_retried(self):
+        self.serve({'status_code': 404, 'text': 'gone'})
+        opts, sleeps = small_options()
+        e = self.assertRaises(errors.BackupError, self.save, options=opts)
+        self.assertIn('HTTP 404', str(e))
+        self.assertEqual([], sleeps)
+
+    def test_write_error_not_retried(self):
+        self.serve(self.whole())
+        opts, sleeps = small_options()
+        with mock.patch.object(download.os, 'pwrite',
+                               side_effect=OSError(28, 'No space left')):
+            e = self.assertRaises(errors.BackupError, self.save,
+                                  options=opts)
+        self.assertIn('No space left', str(e))
+        self.assertEqual([], sleeps)
+
+    def test_interrupt_keeps_partial(self):
+        from osc_backup.common.errors import Interrupted
+        self.serve({'status_code': 200,
+                    'body': Flaky(DATA, 8192 * 2, Interrupted('SIGTERM')),
+                    'headers': {}})
+        stream = io.StringIO()
+        from osc_backup.common.progress import Reporter
+        self.assertRaises(Interrupted, self.save,
+                          reporter=Reporter(stream=stream, progress=False))
+        self.assertIn('run the same command again to resume',
+                      stream.getvalue())
+        self.assertTrue(os.path.exists(self.part))
+        self.assertFalse(os.path.exists(self.final))
+
+
+class TestFreeSpace(DownloadTestCase):
+    def statvfs(self, free):
+        return mock.Mock(f_bavail=free // 4096, f_frsize=4096)
+
+    def test_not_enough_space(self):
+        self.serve(self.whole())
+        with mock.patch.object(download.os, 'statvfs',
+                               return_value=self.statvfs(4096 * 10)):
+            e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('Not enough free space', str(e))
+        self.assertEqual([], self.file_requests())
+        self.assertEqual([], self.listing())
+
+    def test_resume_needs_only_the_rest(self):
+        self.write_partial(DATA[:90_000])
+        self.serve(self.ranged(DATA, 90_000))
+        calls = []
+
+        def check(directory, needed):
+            calls.append(needed)
+
+        with mock.patch.object(download, 'check_free_space', check):
+            self.save()
+        self.assertEqual([len(DATA) - 90_000], calls)
+
+    def test_margin(self):
+        needed = 10 * download.MiB
+        with mock.patch.object(download.os, 'statvfs',
+                               return_value=self.statvfs(needed)):
+            self.assertRaises(errors.InvalidInput,
+                              download.check_free_space, '/x', needed)
+        with mock.patch.object(
+                download.os, 'statvfs',
+                return_value=self.statvfs(needed + 2 * download.MiB)):
+            download.check_free_space('/x', needed)
+
+
+class TestFlusher(testtools.TestCase):
+    def test_windows(self):
+        calls = []
+        with mock.patch.object(download, '_sync_file_range',
+                               lambda fd, o, n, f: calls.append((o, n, f))
+                               or True), \
+                mock.patch.object(download.os, 'posix_fadvise') as fadv:
+            fl = download._Flusher(7, 100, True)
+            fl.written(50)
+            self.assertEqual([], calls)
+            fl.written(250)
+            self.assertEqual([(0, 100, 2), (100, 100, 2), (0, 100, 7)],
+                             calls)
+            fadv.assert_called_once_with(
+                7, 0, 100, download.os.POSIX_FADV_DONTNEED)
+
+    def test_disabled(self):
+        with mock.patch.object(download, '_sync_file_range') as sfr:
+            download._Flusher(7, 0, True).written(10 ** 9)
+        sfr.assert_not_called()
+
+    def test_real_sync_file_range(self):
+        path = self.useFixture(fixtures.TempDir()).path + '/f'
+        fd = os.open(path, os.O_RDWR | os.O_CREAT)
+        self.addCleanup(os.close, fd)
+        os.write(fd, b'x' * 8192)
+        self.assertTrue(download._sync_file_range(fd, 0, 8192, 7))
+
+
+class TestNaming(testtools.TestCase):
+    def test_default_filename(self):
+        self.assertEqual('db-data-backup-3f2a9c1b.raw',
+                         download.default_filename(record()))
+        self.assertEqual('3f2a9c1b-7d4e-4f6a-9b1c-0123456789ab-3f2a9c1b.qcow2',
+                         download.default_filename(
+                             record(name=None, disk_format='qcow2')))
+        self.assertEqual('x-3f2a9c1b.ova', download.default_filename(
+            record(name='../x', container_format='ova')))
+
+
+class TestImageSets(DownloadTestCase):
+    def saved_set(self):
+        self.serve(self.whole())
+        return self.save()
+
+    def test_load_from_manifest_or_data(self):
+        saved = self.saved_set()
+        for path in (saved.manifest, saved.file):
+            m, mpath, data = image_sets.load_manifest(path)
+            self.assertEqual(saved.manifest, mpath)
+            self.assertEqual(saved.file, data)
+            self.assertEqual(IMAGE_ID, m['image']['id'])
+
+    def test_load_errors(self):
+        e = self.assertRaises(errors.InvalidInput, image_sets.load_manifest,
+                              self.final)
+        self.assertIn('neither a manifest', str(e))
+        path = os.path.join(self.dir, 'x.manifest.json')
+        with open(path, 'w') as f:
+            f.write('{"format": "other"}')
+        e = self.assertRaises(errors.InvalidInput, image_sets.load_manifest,
+                              path)
+        self.assertIn('not an osc-backup image manifest', str(e))
+        with open(path, 'w') as f:
+            json.dump({'format': image_sets.FORMAT, 'format_version': 99},
+                      f)
+        e = self.assertRaises(errors.InvalidInput, image_sets.load_manifest,
+                              path)
+        self.assertIn('upgrade osc-backup', str(e))
+
+    def test_create_body_leaves_out_glance_owned(self):
+        saved = self.saved_set()
+        m, _, _ = image_sets.load_manifest(saved.manifest)
+        body = image_sets.create_body(m, name='new', properties={'a': 'b'})
+        self.assertEqual({
+            'name': 'new',
+            'disk_format': 'raw',
+            'container_format': 'bare',
+            'min_disk': 1,
+            'min_ram': 0,
+            'visibility': 'private',
+            'tags': ['nightly'],
+            'osc_backup_tool': 'osc-backup',
+            'osc_backup_source_volume_id': 'v-1',
+            'hw_disk_bus': 'scsi',
+            'a': 'b',
+        }, body)
+
+    def test_create_body_public_not_restored(self):
+        m = {'glance_record': record(visibility='public')}
+        stream = io.StringIO()
+        from osc_backup.common.progress import Reporter
+        body = image_sets.create_body(
+            m, reporter=Reporter(stream=stream, progress=False))
+        self.assertNotIn('visibility', body)
+        self.assertIn("was 'public'", stream.getvalue())
+
+
+class TestRestore(DownloadTestCase):
+    NEW_ID = 'aaaaaaaa-0000-0000-0000-000000000000'
+
+    def setUp(self):
+        super().setUp()
+        self.serve(self.whole())
+        self.saved = self.save()
+        self.uploaded = []
+
+        def put(request, context):
+            self.uploaded.append(b''.join(request.body))
+            context.status_code = 204
+            return b''
+
+        self.adapter.register_uri(
+            'POST', f'{ENDPOINT}/images', status_code=201,
+            json={'id': self.NEW_ID})
+        self.adapter.register_uri(
+            'PUT', f'{ENDPOINT}/images/{self.NEW_ID}/file', content=put)
+        self.conn.image.get_image = mock.Mock(return_value='img')
+        self.conn.image.delete_image = mock.Mock()
+        self.conn.image.update_image = mock.Mock()
+        self.active = mock.Mock(
+            id=self.NEW_ID, status='active', size=len(DATA),
+            disk_format='raw', container_format='bare',
+            hash_algo='sha512', hash_value=hashlib.sha512(DATA).hexdigest(),
+            checksum=hashlib.md5(DATA).hexdigest())
+        self.active.name = 'restored'
+        self.wait = self.useFixture(fixtures.MockPatch(
+            'osc_backup.common.waits.wait_for_status',
+            return_value=self.active)).mock
+
+    def test_restore(self):
+        r = image_sets.restore_image(
+            self.conn, self.saved.manifest, name='restored',
+            properties={'k': 'v'})
+        post = next(h for h in self.adapter.request_history
+                if h.method == 'POST')
+        body = post.json()
+        self.assertEqual('restored', body['name'])
+        self.assertEqual('v', body['k'])
+        self.assertEqual('osc-backup', body['osc_backup_tool'])
+        for owned in ('id', 'status', 'checksum', 'os_hash_value', 'size',
+                      'owner', 'file', 'self', 'schema', 'stores',
+                      'os_glance_import_task', 'created_at'):
+            self.assertNotIn(owned, body)
+        self.assertEqual([DATA], self.uploaded)
+        self.assertEqual(self.NEW_ID, r.image_id)
+        self.assertEqual('sha512', r.verified)
+        self.assertEqual(IMAGE_ID, r.source_image_id)
+        self.conn.image.delete_image.assert_not_called()
+        self.conn.image.update_image.assert_not_called()
+
+    def test_restore_from_data_file(self):
+        r = image_sets.restore_image(self.conn, self.saved.file)
+        self.assertEqual(self.NEW_ID, r.image_id)
+
+    def test_glance_hash_mismatch_deletes_image(self):
+        self.active.hash_value = 'f' * 128
+        e = self.assertRaises(errors.BackupError, image_sets.restore_image,
+                              self.conn, self.saved.manifest)
+        self.assertIn('the upload is corrupt', str(e))
+        self.conn.image.delete_image.assert_called_once_with(
+            self.NEW_ID, ignore_missing=True)
+
+    def test_other_algorithm_compares_md5(self):
+        self.active.hash_algo = 'sha384'
+        self.active.hash_value = 'x'
+        r = image_sets.restore_image(self.conn, self.saved.manifest)
+        self.assertEqual('md5', r.verified)
+
+    def test_local_file_damaged(self):
+        with open(self.saved.file, 'r+b') as f:
+            f.seek(100)
+            f.write(b'\0\1\2')
+        e = self.assertRaises(errors.BackupError, image_sets.restore_image,
+                              self.conn, self.saved.manifest)
+        self.assertIn('does not match its manifest', str(e))
+        self.conn.image.delete_image.assert_called_once()
+
+    def test_truncated_file_refused_before_upload(self):
+        with open(self.saved.file, 'r+b') as f:
+            f.truncate(10)
+        e = self.assertRaises(errors.InvalidInput, image_sets.restore_image,
+                              self.conn, self.saved.manifest)
+        self.assertIn('incomplete', str(e))
+        self.assertEqual([], self.uploaded)
+
+    def test_protected_set_after_verification(self):
+        with open(self.saved.manifest) as f:
+            m = json.load(f)
+        m['image']['protected'] = True
+        m['glance_record']['protected'] = True
+        with open(self.saved.manifest, 'w') as f:
+            json.dump(m, f)
+        image_sets.restore_image(self.conn, self.saved.manifest)
+        body = next(h for h in self.adapter.request_history
+                if h.method == 'POST').json()
+        self.assertNotIn('protected', body)
+        self.conn.image.update_image.assert_called_once_with(
+            self.active, is_protected=True)
