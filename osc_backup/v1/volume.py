@@ -278,7 +278,7 @@ class CreateVolumeBackup(command.ShowOne):
         method = parsed_args.method
         image_opts = _given(parsed_args, IMAGE_ONLY)
         backup_opts = _given(parsed_args, BACKUP_ONLY)
-        if method == 'backup' and 'download' in image_opts:
+        if method == 'backup' and '--download' in image_opts:
             raise exceptions.CommandError(
                 _(
                     '--download cannot be used with --via-backup: a Cinder '
