@@ -69,6 +69,7 @@ class BackupTestCase(base.TestCase):
         self.bs.backups.return_value = []
         self.bs.wait_for_status.side_effect = self._wait
         self.bs.get_backup.side_effect = lambda bid: self.created
+        self.bs.get_volume.side_effect = lambda vid: self.vol
 
     def _supports(self, bs, version):
         major, minor = (int(p) for p in version.split('.'))
@@ -116,6 +117,8 @@ class TestBackupPath(BackupTestCase):
         # waited for the backup, then for the volume to be released
         waited = [c.args[0] for c in self.bs.wait_for_status.call_args_list]
         self.assertEqual([self.created, self.vol], waited)
+        # refetched: the SDK returns at once on a stale 'available'
+        self.bs.get_volume.assert_called_once_with(self.vol.id)
         self.assertEqual(
             'available',
             self.bs.wait_for_status.call_args_list[1].kwargs['status'],
@@ -128,6 +131,7 @@ class TestBackupPath(BackupTestCase):
 
     def test_in_use_is_forced_and_warned(self):
         vol = fakes.volume(status='in-use', name='db', size=2)
+        self.bs.get_volume.side_effect = lambda vid: vol
         result = self.run_backup(vol)
         attrs = self.bs.create_backup.call_args.kwargs
         self.assertIs(True, attrs['force'])

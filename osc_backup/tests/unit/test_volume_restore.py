@@ -46,6 +46,7 @@ class RestoreTestCase(base.TestCase):
         self.bs.create_volume.return_value = self.new
         self.bs.wait_for_status.side_effect = self._wait
         self.bs.get_volume.side_effect = lambda vid: self.new
+        self.bs.get_backup.side_effect = lambda bid: self.backup
         self.bs.find_type.return_value = mock.Mock(id='t')
         self.bs.find_backup.return_value = None
         self.image_proxy.find_image.return_value = None
@@ -186,7 +187,7 @@ class TestRestoreBackup(RestoreTestCase):
 
     def test_restore_fails_deletes_new_volume(self):
         def wait(res, status, **kwargs):
-            if res is self.new and self.bs.restore_backup.called:
+            if res.id == self.new.id and self.bs.restore_backup.called:
                 raise sdk_exc.ResourceFailure('error_restoring')
             res.status = status
             return res
@@ -228,6 +229,7 @@ class TestRestoreOntoExisting(RestoreTestCase):
             status='available', name='old', size=3, is_bootable=True
         )
         self.bs.find_volume.return_value = self.target
+        self.bs.get_volume.side_effect = lambda vid: self.target
 
     def test_needs_force(self):
         exc = self.assertRaises(

@@ -151,6 +151,7 @@ class TestCreateVolumeBackupViaBackup(base.TestCommand):
         self.block_storage.find_volume.return_value = self.vol
         self.backup = backup(status='available', volume_id=self.vol.id)
         self.block_storage.create_backup.return_value = self.backup
+        self.block_storage.get_volume.return_value = self.vol
         self.block_storage.backups.return_value = []
         self.block_storage.wait_for_status.side_effect = (
             lambda res, status, **kw: res
@@ -360,6 +361,8 @@ class TestRestoreVolume(base.TestCommand):
         self.block_storage.find_type.return_value = mock.Mock()
         self.new = fakes.volume(status='creating', name='r')
         self.block_storage.create_volume.return_value = self.new
+        self.block_storage.get_volume.return_value = self.new
+        self.block_storage.get_backup.return_value = self.backup
         self.block_storage.wait_for_status.side_effect = (
             lambda res, status, **kw: res
         )
