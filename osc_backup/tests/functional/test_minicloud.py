@@ -20,19 +20,6 @@ class TestMinicloudLifecycle(base.FunctionalTestCase):
         self.assertNotIn('starting', p.stderr)
         self.assertEqual(0, self.minicloud('status', check=False).returncode)
 
-    def test_stop_and_start_cinder_backup(self):
-        # whatever happens, leave the service running for the other tests
-        self.addCleanup(self.minicloud, 'start', 'cinder-backup')
-        self.minicloud('stop', 'cinder-backup')
-        p = self.minicloud('status', check=False)
-        self.assertNotEqual(0, p.returncode)
-        down = [line.split()[0] for line in p.stdout.splitlines()
-                if 'DOWN' in line.split()[1:2]]
-        self.assertEqual(['cinder-backup'], down, p.stdout)
-        self.minicloud('start', 'cinder-backup')
-        p = self.minicloud('status', check=False)
-        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
-
     def test_env_names_clouds_yaml(self):
         path = base.clouds_yaml()
         self.assertTrue(os.path.exists(path), path)

@@ -1,12 +1,15 @@
-"""`tools/minicloud down` stops everything: run last, on its own.
+"""Tests that disturb the cloud: run after the functional tests, one at a time.
 
 Not part of osc_backup/tests/functional, whose tests run in parallel
-against the cloud.  Run with:
+against the cloud: stopping cinder-backup there would fail another test's
+backup, and `down` would fail them all.  The tests run in name order
+(test_1_..., test_2_...).  Run with:
 
     .venv/bin/python -m stestr --test-path ./osc_backup/tests/functional_teardown \
         --top-dir ./ run --serial
 """
 
+import os
 import socket
 
 import testtools
@@ -34,9 +37,27 @@ def listening(port):
         return s.connect_ex(('127.0.0.1', port)) == 0
 
 
-class TestMinicloudDown(testtools.TestCase):
+class TestMinicloudTeardown(testtools.TestCase):
 
-    def test_down_leaves_nothing_listening(self):
+    def test_1_stop_and_start_cinder_backup(self):
+        if minicloud('status', check=False, timeout=120).returncode != 0:
+            if os.environ.get('CI', '').lower() == 'true':
+                self.fail('CI=true and minicloud is not up')
+            self.skipTest('minicloud is not up (tools/minicloud up)')
+        # whatever happens, leave the service running
+        self.addCleanup(minicloud, 'start', 'cinder-backup')
+        minicloud('stop', 'cinder-backup')
+        p = minicloud('status', check=False)
+        self.assertNotEqual(0, p.returncode)
+        down = [line.split()[0] for line in p.stdout.splitlines()
+                if line.split()[1:2] == ['DOWN']]
+        self.assertEqual(['cinder-backup'], down, p.stdout)
+        self.assertIn('cinder-backup', p.stdout.splitlines()[-1])
+        minicloud('start', 'cinder-backup')
+        p = minicloud('status', check=False)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
+
+    def test_2_down_leaves_nothing_listening(self):
         ports = [int(p) for p in minicloud('ports', timeout=60).stdout.split()]
         self.assertIn(5000, ports)
         p = minicloud('down', check=False, timeout=900)
