@@ -1,0 +1,224 @@
+"""`backup volume create` via the Cinder Backup API, the automatic choice,
+and `backup volume restore`, against the minicloud, comparing the sha256 of
+the backend bytes at every point."""
+
+import time
+
+from osc_backup.tests.functional import base
+
+MV = ['--os-volume-api-version', '3.43']
+
+
+class VolumeBackupTestCase(base.FunctionalTestCase):
+    def backup(self, volume, *args, cloud=base.MEMBER_CLOUD):
+        out = self.openstack(
+            ['backup', 'volume', 'create', volume, *args],
+            cloud=cloud, parse_output=True,
+        )
+        if out.get('backup_id'):
+            self.addCleanup(self._delete_backup, out['backup_id'])
+        if out.get('image_id'):
+            self.addCleanup(
+                self._delete_simple, 'image', out['image_id'],
+                base.MEMBER_CLOUD,
+            )
+        return out
+
+    def _delete_backup(self, ident):
+        self._delete_simple('volume backup', ident, base.MEMBER_CLOUD)
+
+    def restore(self, source, *args):
+        out = self.openstack(
+            ['backup', 'volume', 'restore', source, *args],
+            parse_output=True,
+        )
+        if '--volume' not in args:
+            self.addCleanup(
+                self._delete_volume, out['volume_id'], base.MEMBER_CLOUD
+            )
+        self.assertEqual('available', out['status'])
+        # the command waited: Cinder agrees
+        info = self.openstack(['volume', 'show', out['volume_id']],
+                              parse_output=True)
+        self.assertEqual('available', info['status'])
+        return out
+
+    def backup_record(self, backup_id):
+        return self.openstack(
+            [*MV, 'volume', 'backup', 'show', backup_id], parse_output=True
+        )
+
+
+class TestBackupPath(VolumeBackupTestCase):
+    def test_detached_full_incremental_and_restores(self):
+        vol = self.create_volume(1)
+        h0 = self.write_random(vol['id'], mib=4, offset_mib=1)
+
+        full = self.backup(vol['id'], '--via-backup', '--incremental')
+        self.assertEqual('backup', full['method'])
+        self.assertEqual('available', full['status'])
+        self.assertFalse(full['is_incremental'])
+        self.assertIn('made a full backup instead', full['method_reason'])
+        self.assertEqual('offline', full['consistency'])
+        md = self.backup_record(full['backup_id'])['metadata']
+        self.assertEqual('file', md['osc_backup_volume_type'])
+        self.assertEqual('1', md['osc_backup_volume_size_gb'])
+        self.assertEqual('false', md['osc_backup_bootable'])
+        self.assertEqual(vol['id'], md['osc_backup_source_volume_id'])
+        self.assertEqual(vol['name'], md['osc_backup_source_volume_name'])
+        self.assertEqual(full['run_id'], md['osc_backup_run_id'])
+        self.assertEqual(h0, self.volume_sha256(vol['id']))
+
+        h1 = self.write_random(vol['id'], mib=2, offset_mib=300)
+        self.assertNotEqual(h0, h1)
+        incr = self.backup(
+            vol['id'], '--incremental', '--property', 'purpose=ft'
+        )  # automatic: the backup service runs
+        self.assertEqual('backup', incr['method'])
+        self.assertTrue(incr['is_incremental'])
+        self.assertEqual(
+            'ft', self.backup_record(incr['backup_id'])['metadata']['purpose']
+        )
+
+        r0 = self.restore(full['backup_id'], '--name', self.unique_name())
+        r1 = self.restore(incr['backup_id'])
+        self.assertEqual('file', r0['volume_type'])
+        self.assertEqual(h0, self.volume_sha256(r0['volume_id']))
+        self.assertEqual(h1, self.volume_sha256(r1['volume_id']))
+        self.assertEqual(h1, self.volume_sha256(vol['id']))
+
+    def test_in_use_backup_and_restore_onto_existing(self):
+        vol = self.create_volume(1)
+        h0 = self.write_random(vol['id'], mib=3, offset_mib=7)
+        self.minicloud('attach', vol['id'])
+        self.wait_for_status('volume', vol['id'], 'in-use')
+
+        out = self.backup(vol['id'], '--via-backup')
+        self.assertEqual('crash-consistent', out['consistency'])
+        self.assertEqual('available', out['status'])
+        md = self.backup_record(out['backup_id'])['metadata']
+        self.assertEqual('crash-consistent', md['osc_backup_consistency'])
+        # the volume is attached again, bytes untouched
+        info = self.openstack(['volume', 'show', vol['id']],
+                              parse_output=True)
+        self.assertEqual('in-use', info['status'])
+        self.assertEqual(h0, self.volume_sha256(vol['id']))
+
+        new = self.restore(out['backup_id'])
+        self.assertEqual(h0, self.volume_sha256(new['volume_id']))
+
+        target = self.create_volume(1)
+        self.write_random(target['id'], mib=1, offset_mib=0)
+        refused = self.openstack(
+            ['backup', 'volume', 'restore', out['backup_id'],
+             '--volume', target['id']],
+            fail_ok=True,
+        )
+        del refused
+        self.assertNotEqual(h0, self.volume_sha256(target['id']))
+        # onto an in-use volume: refused even with --force
+        p = base.subprocess.run(
+            [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
+             'volume', 'restore', out['backup_id'], '--volume', vol['id'],
+             '--force'],
+            env=self.env, capture_output=True, text=True,
+            stdin=base.subprocess.DEVNULL, timeout=300,
+        )
+        self.assertNotEqual(0, p.returncode)
+        self.assertIn("is 'in-use'", p.stderr)
+
+        over = self.restore(
+            out['backup_id'], '--volume', target['id'], '--force'
+        )
+        self.assertEqual(target['id'], over['volume_id'])
+        self.assertEqual(h0, self.volume_sha256(target['id']))
+
+
+class TestAutomaticChoice(VolumeBackupTestCase):
+    """Stops cinder-backup for about a minute (Cinder needs up to
+    service_down_time, 60 s, to see it down), and always starts it again."""
+
+    def backup_services(self):
+        return self.openstack(
+            ['volume', 'service', 'list', '--service', 'cinder-backup'],
+            cloud=base.ADMIN_CLOUD, parse_output=True,
+        )
+
+    def wait_backup_state(self, state, timeout=180):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            rows = self.backup_services()
+            if rows and all(r['State'] == state for r in rows):
+                return
+            time.sleep(2)
+        self.fail(f'cinder-backup not {state} after {timeout}s')
+
+    def error_backups(self):
+        return [
+            b for b in self.openstack(
+                ['volume', 'backup', 'list', '--status', 'error'],
+                parse_output=True,
+            )
+        ]
+
+    def test_backup_while_running_image_while_stopped(self):
+        vol = self.create_volume(1)
+        h0 = self.write_random(vol['id'], mib=2, offset_mib=3)
+
+        running = self.backup(vol['id'])
+        self.assertEqual('backup', running['method'])
+        admin_plan = self.openstack(
+            ['backup', 'volume', 'create', vol['id'], '--dry-run'],
+            cloud=base.ADMIN_CLOUD, parse_output=True,
+        )
+        self.assertEqual('backup', admin_plan['method'])
+        self.assertIn('services API', admin_plan['method_reason'])
+
+        before = {b['ID'] for b in self.error_backups()}
+        try:
+            self.minicloud('stop', 'cinder-backup')
+            self.wait_backup_state('down')
+
+            # admin: the services API says no, nothing is tried
+            admin_plan = self.openstack(
+                ['backup', 'volume', 'create', vol['id'], '--dry-run'],
+                cloud=base.ADMIN_CLOUD, parse_output=True,
+            )
+            self.assertEqual('image', admin_plan['method'])
+            self.assertIn('services API', admin_plan['method_reason'])
+
+            # member, first time: tried, rejected, fell back
+            first = self.backup(vol['id'])
+            self.assertEqual('image', first['method'])
+            self.assertIn('fell back', first['method_reason'])
+            rejected = {b['ID'] for b in self.error_backups()} - before
+            self.assertEqual(1, len(rejected))
+            (rejected_id,) = rejected
+            self.addCleanup(self._delete_backup, rejected_id)
+            self.assertIn(rejected_id, first['method_reason'])
+
+            # member, again: decided from that record, nothing new
+            second = self.backup(vol['id'])
+            self.assertEqual('image', second['method'])
+            self.assertIn(rejected_id, second['method_reason'])
+            self.assertEqual(
+                rejected, {b['ID'] for b in self.error_backups()} - before
+            )
+        finally:
+            self.minicloud('start', 'cinder-backup')
+        self.wait_backup_state('up')
+
+        # service back: the rejected record is removed, backup path taken
+        back = self.backup(vol['id'])
+        self.assertEqual('backup', back['method'])
+        self.assertIn('is back', back['method_reason'])
+        self.wait_for_delete('volume backup', rejected_id)
+
+        # the image backups restore too, byte for byte
+        image_restore = self.restore(first['image_id'])
+        self.assertEqual('image', image_restore['source_kind'])
+        self.assertEqual('file', image_restore['volume_type'])
+        self.assertFalse(image_restore['bootable'])
+        self.assertEqual(h0, self.volume_sha256(image_restore['volume_id']))
+        backup_restore = self.restore(back['backup_id'])
+        self.assertEqual(h0, self.volume_sha256(backup_restore['volume_id']))
