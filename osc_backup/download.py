@@ -39,11 +39,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import hashlib
 import http.client
 import json
 import logging
+import mmap
 import os
 import queue
 import re
@@ -79,14 +81,17 @@ class TransferOptions:
     """Tuning knobs; the defaults are what the benchmark found best."""
 
     #: bytes per receive buffer
-    buffer_size: int = 4 * MiB
+    buffer_size: int = 8 * MiB
     #: buffers in the pool (peak memory is about buffer_size * buffers)
-    buffers: int = 8
+    buffers: int = 4
     #: start writeback every this many bytes; 0 disables (fsync at the end
     #: only)
     flush_window: int = 32 * MiB
     #: drop written pages from the page cache once they are on disk
     drop_cache: bool = True
+    #: write aligned blocks with O_DIRECT (no page cache) where the file
+    #: system allows it; the flush window then only applies to the tail
+    direct: bool = True
     #: retries of transient errors in a row without progress
     retries: int = 5
     #: first backoff (seconds), doubled each time, capped at backoff_max
@@ -210,6 +215,23 @@ class _Flusher:
                     )
 
 
+#: offsets and lengths of O_DIRECT writes are multiples of this
+DIRECT_ALIGN = 4096
+
+
+def _open_direct(fd: int) -> int | None:
+    """A second descriptor of the same file with O_DIRECT, if possible."""
+    flag = getattr(os, 'O_DIRECT', 0)
+    if not flag:
+        return None
+    try:
+        return os.open(f'/proc/self/fd/{fd}', os.O_WRONLY | flag)
+    except OSError as exc:
+        LOG.debug('No O_DIRECT here (%s): writing through the page cache',
+                  exc)
+        return None
+
+
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
@@ -237,10 +259,12 @@ class _Pipeline:
         self.fd = fd
         self.algorithms = algorithms
         self.hashers: dict[str, Any] = {a: hashlib.new(a) for a in algorithms}
-        self._views = [
-            memoryview(bytearray(options.buffer_size))
-            for _ in range(options.buffers)
+        # page-aligned anonymous memory: usable for O_DIRECT writes
+        self._maps = [
+            mmap.mmap(-1, options.buffer_size) for _ in range(options.buffers)
         ]
+        self._views = [memoryview(m) for m in self._maps]
+        self.direct_fd = _open_direct(fd) if options.direct else None
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(options.buffers):
             self._free.put(i)
@@ -295,6 +319,11 @@ class _Pipeline:
             q.put(None)
         for t in self._threads:
             t.join()
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
+        # the buffers are unmapped when the last reference goes (a slice
+        # may live on in a traceback)
 
     def digests(self) -> dict[str, str]:
         return {a: h.hexdigest() for a, h in self.hashers.items()}
@@ -318,13 +347,31 @@ class _Pipeline:
             finally:
                 self._release(idx)
 
+    def _write(self, view: memoryview, offset: int) -> None:
+        dfd = self.direct_fd
+        if (
+            dfd is not None
+            and offset % DIRECT_ALIGN == 0
+            and len(view) % DIRECT_ALIGN == 0
+        ):
+            try:
+                _pwrite_all(dfd, view, offset)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                LOG.debug('O_DIRECT write refused, writing buffered')
+                os.close(dfd)
+                self.direct_fd = None
+        _pwrite_all(self.fd, view, offset)
+        self.flusher.written(offset + len(view))
+
     def _write_worker(self, q: queue.SimpleQueue[Any], _arg: Any) -> None:
         while (item := q.get()) is not None:
             idx, n, offset, write = item
             try:
                 if write and self.error is None:
-                    _pwrite_all(self.fd, self._views[idx][:n], offset)
-                    self.flusher.written(offset + n)
+                    self._write(self._views[idx][:n], offset)
             except BaseException as exc:
                 self.error = exc
             finally:
@@ -858,6 +905,9 @@ def save_image(
             offset = os.fstat(fd).st_size
             if expected.size is not None and offset > expected.size:
                 offset = 0
+            elif expected.size is None or offset < expected.size:
+                # continue on a block boundary, so O_DIRECT stays usable
+                offset -= offset % DIRECT_ALIGN
         if expected.size is not None:
             try:
                 check_free_space(directory, expected.size - offset)

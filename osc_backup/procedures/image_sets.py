@@ -239,6 +239,7 @@ def load_manifest(path: str) -> tuple[dict[str, Any], str, str]:
     :returns: (manifest, manifest path, data file path)
     :raises errors.InvalidInput: with one clear line.
     """
+    path = os.path.abspath(path)
     if path.endswith(MANIFEST_SUFFIX):
         mpath = path
     elif os.path.exists(manifest_path(path)):

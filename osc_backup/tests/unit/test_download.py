@@ -453,7 +453,7 @@ class TestMismatch(DownloadTestCase):
 
 class TestResume(DownloadTestCase):
     def test_resume_uses_range(self):
-        start = 30_000
+        start = 28_672  # a multiple of 4096
         self.write_partial(DATA[:start])
         self.serve(self.ranged(DATA, start))
         saved = self.save()
@@ -467,7 +467,7 @@ class TestResume(DownloadTestCase):
                           'img.raw.sha256'], self.listing())
 
     def test_resume_at_buffer_boundaries(self):
-        for start in (1, 8191, 8192, 8193, len(DATA) - 1):
+        for start in (4096, 8192, 12288, 98304):
             for p in self.listing():
                 os.unlink(os.path.join(self.dir, p))
             self.write_partial(DATA[:start])
@@ -475,6 +475,46 @@ class TestResume(DownloadTestCase):
             saved = self.save()
             self.assertEqual(start, saved.resumed_from)
             self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+
+    def test_resume_aligned_down_to_block(self):
+        for start, aligned in ((1, 0), (8191, 4096), (8193, 8192),
+                               (len(DATA) - 1, 98304)):
+            for p in self.listing():
+                os.unlink(os.path.join(self.dir, p))
+            self.write_partial(DATA[:start])
+            self.serve(self.ranged(DATA, aligned) if aligned
+                       else self.whole())
+            saved = self.save()
+            self.assertEqual(aligned, saved.resumed_from)
+            with open(self.final, 'rb') as f:
+                self.assertEqual(DATA, f.read())
+
+    def test_without_o_direct(self):
+        self.serve(self.whole())
+        with mock.patch.object(download, '_open_direct', return_value=None):
+            saved = self.save()
+        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_o_direct_refused_at_write_falls_back(self):
+        real = os.pwrite
+        direct = []
+
+        def pwrite(fd, view, offset):
+            if os.readlink(f'/proc/self/fd/{fd}') and fd not in direct:
+                flags = __import__('fcntl').fcntl(fd, 1 + 2)  # F_GETFL
+                if flags & getattr(os, 'O_DIRECT', 0):
+                    direct.append(fd)
+                    raise OSError(22, 'Invalid argument')
+            return real(fd, view, offset)
+
+        self.serve(self.whole())
+        with mock.patch.object(download.os, 'pwrite', pwrite):
+            self.save()
+        self.assertEqual(1, len(direct))
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
 
     def test_complete_partial_needs_no_request(self):
         self.write_partial(DATA)
@@ -515,12 +555,12 @@ class TestResume(DownloadTestCase):
         self.assertEqual(0, saved.resumed_from)
 
     def test_200_instead_of_206_restarts_cleanly(self):
-        self.write_partial(DATA[:30_000])
+        self.write_partial(DATA[:32_768])
         self.serve(self.whole())
         saved = self.save()
         reqs = self.file_requests()
         self.assertEqual(1, len(reqs))
-        self.assertEqual('bytes=30000-', reqs[0].headers['Range'])
+        self.assertEqual('bytes=32768-', reqs[0].headers['Range'])
         with open(self.final, 'rb') as f:
             self.assertEqual(DATA, f.read())
         self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
@@ -543,7 +583,7 @@ class TestResume(DownloadTestCase):
         self.assertNotIn('Range', self.file_requests()[1].headers)
 
     def test_corrupt_partial_redownloaded_once(self):
-        start = 30_000
+        start = 28_672
         bad = bytearray(DATA[:start])
         bad[10] ^= 1
         self.write_partial(bytes(bad))
@@ -681,8 +721,8 @@ class TestFreeSpace(DownloadTestCase):
         self.assertEqual([], self.listing())
 
     def test_resume_needs_only_the_rest(self):
-        self.write_partial(DATA[:90_000])
-        self.serve(self.ranged(DATA, 90_000))
+        self.write_partial(DATA[:90_112])
+        self.serve(self.ranged(DATA, 90_112))
         calls = []
 
         def check(directory, needed):
@@ -690,7 +730,7 @@ class TestFreeSpace(DownloadTestCase):
 
         with mock.patch.object(download, 'check_free_space', check):
             self.save()
-        self.assertEqual([len(DATA) - 90_000], calls)
+        self.assertEqual([len(DATA) - 90_112], calls)
 
     def test_margin(self):
         needed = 10 * download.MiB
