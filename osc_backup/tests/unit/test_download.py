@@ -404,6 +404,21 @@ class TestSave(DownloadTestCase):
         self.assertEqual(3, download._fill(read, buf))
         self.assertEqual(b'abc', bytes(buf[:3]))
 
+    def test_progress_bar_on_a_terminal(self):
+        from osc_backup.common.progress import Reporter
+        self.serve(self.whole())
+        stream = io.StringIO()
+        self.save(reporter=Reporter(stream=stream, progress=True))
+        self.assertIn('db data backup', stream.getvalue())
+        self.assertIn('B/s', stream.getvalue())
+
+    def test_silent_when_not_a_terminal(self):
+        from osc_backup.common.progress import Reporter
+        self.serve(self.whole())
+        stream = io.StringIO()
+        self.save(reporter=Reporter(stream=stream, progress=False))
+        self.assertEqual('', stream.getvalue())
+
     def test_big_buffers(self):
         # default options: one buffer holds the whole body
         self.serve(self.whole())
