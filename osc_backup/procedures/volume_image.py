@@ -26,6 +26,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,8 @@ from osc_backup.common.cleanup import PARTIAL, Cleanup
 from osc_backup.common.progress import Reporter
 
 METHOD = 'image'
+
+GiB = 1024**3
 
 #: volume status -> consistency of a backup taken in that status
 CONSISTENCY = {'available': 'offline', 'in-use': 'crash-consistent'}
@@ -88,6 +91,8 @@ class Options:
     timeout: float = 3600.0
     keep_temporary: bool = False
     interval: float = waits.DEFAULT_INTERVAL
+    #: download the active image into this directory (a backup set)
+    download: str | None = None
 
 
 def preflight(volume: Any, opts: Options) -> str:
@@ -133,7 +138,30 @@ def preflight(volume: Any, opts: Options) -> str:
         )
     if opts.timeout <= 0:
         raise errors.InvalidInput('--timeout must be a positive number.')
+    if opts.download is not None:
+        _check_download_dir(volume, opts)
     return CONSISTENCY[status]
+
+
+def _check_download_dir(volume: Any, opts: Options) -> None:
+    from osc_backup import download
+
+    if not opts.wait:
+        raise errors.InvalidInput(
+            '--download needs the image to be active: it cannot be '
+            'combined with --no-wait.'
+        )
+    directory = opts.download or '.'
+    if not os.path.isdir(directory):
+        raise errors.InvalidInput(
+            f"--download: directory '{directory}' does not exist."
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise errors.InvalidInput(
+            f"--download: directory '{directory}' is not writable."
+        )
+    # a raw image is as large as the volume; other formats are smaller
+    download.check_free_space(directory, int(volume.size) * GiB)
 
 
 def record_properties(
@@ -192,6 +220,11 @@ def plan(
                 'wait image active; wait volume available',
                 f'PATCH /v2/images/<image> {tags.PREFIX}* record properties',
             ]
+    if opts.download is not None:
+        steps.append(
+            f'GET /v2/images/<image>/file -> backup set in {opts.download} '
+            '(verified against os_hash_value, fsynced, renamed)'
+        )
     return {
         'dry_run': True,
         'method': METHOD,
@@ -332,7 +365,7 @@ def backup_volume_via_image(
             reporter.note(NO_WAIT_NOTE.format(image=image_id))
         cleanup.outcome = f'image {image_id} is {image.status}'
 
-    return {
+    result = {
         'image_id': image.id,
         'name': image.name,
         'status': image.status,
@@ -349,7 +382,34 @@ def backup_volume_via_image(
         'encrypted': bool(volume.is_encrypted),
         'run_id': run.run_id,
         'duration': round(time.monotonic() - started, 1),
+        'files': [],
     }
+    if opts.download is not None:
+        # Outside the cleanup guard: the image is a complete backup now; a
+        # failed download must not delete it.
+        result['files'] = _download(conn, image.id, opts.download, reporter)
+        result['duration'] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _download(
+    conn: Any, image_id: str, directory: str, reporter: Reporter
+) -> list[str]:
+    """Save the image as a backup set; the one download path."""
+    from osc_backup import download
+
+    reporter.step(f'Downloading image {image_id} into {directory}')
+    try:
+        saved = download.save_image(
+            conn, image_id, directory, reporter=reporter
+        )
+    except errors.BackupError as exc:
+        raise errors.BackupError(
+            f'The backup image {image_id} is active and complete, but the '
+            f'download failed: {exc} Resume it with: openstack backup image '
+            f'save --dir {directory} {image_id}'
+        ) from exc
+    return saved.files
 
 
 def _settle_source(bs: Any, volume: Any, interval: float) -> None:

@@ -392,3 +392,64 @@ class TestPreflight(ProcedureTestCase):
         self.bs.create_snapshot.assert_not_called()
         self.bs.create_volume.assert_not_called()
         self.bs.upload_volume_to_image.assert_not_called()
+
+
+class TestDownload(ProcedureTestCase):
+    def setUp(self):
+        super().setUp()
+        import tempfile
+
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(__import__('shutil').rmtree, self.dir)
+        self.save = self.useFixture_patch('osc_backup.download.save_image')
+        self.save.return_value.files = ['a.raw', 'a.json', 'a.sha256']
+
+    def test_download_after_active_and_cleanup(self):
+        events = []
+        self.bs.delete_snapshot.side_effect = (
+            lambda *a, **k: events.append('cleanup')
+        )
+        self.save.side_effect = lambda *a, **k: (
+            events.append('download') or self.save.return_value
+        )
+        result = self.run_backup(
+            fakes.volume(status='in-use'), download=self.dir
+        )
+        self.assertEqual(['cleanup', 'download'], events)
+        self.assertEqual(self.active.id, self.save.call_args.args[1])
+        self.assertEqual(self.dir, self.save.call_args.args[2])
+        self.assertEqual(['a.raw', 'a.json', 'a.sha256'], result['files'])
+
+    def test_failed_download_keeps_the_image(self):
+        self.save.side_effect = errors.BackupError('connection reset.')
+        exc = self.assertRaises(
+            errors.BackupError, self.run_backup, fakes.volume(),
+            download=self.dir,
+        )
+        self.assertIn('is active and complete', str(exc))
+        self.assertIn(f'openstack backup image save --dir {self.dir}',
+                      str(exc))
+        self.image_proxy.delete_image.assert_not_called()
+
+    def test_bad_directory_refused_before_anything(self):
+        exc = self.assertRaises(
+            errors.InvalidInput, self.run_backup, fakes.volume(),
+            download=self.dir + '/missing',
+        )
+        self.assertIn('does not exist', str(exc))
+        self.bs.upload_volume_to_image.assert_not_called()
+
+    def test_no_space_refused_before_anything(self):
+        self.assertRaises(
+            errors.InvalidInput, self.run_backup,
+            fakes.volume(size=10 ** 6), download=self.dir,
+        )
+        self.bs.upload_volume_to_image.assert_not_called()
+
+    def test_no_wait_refused(self):
+        exc = self.assertRaises(
+            errors.InvalidInput, self.run_backup, fakes.volume(),
+            download=self.dir, wait=False,
+        )
+        self.assertIn('--no-wait', str(exc))
+        self.save.assert_not_called()
