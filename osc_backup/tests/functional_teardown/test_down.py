@@ -3,7 +3,7 @@
 Not part of osc_backup/tests/functional, whose tests run in parallel
 against the cloud: stopping cinder-backup there would fail another test's
 backup, and `down` would fail them all.  The tests run in name order
-(test_1_..., test_2_...).  Run with:
+(test_1_..., test_2_..., test_3_...).  Run with:
 
     .venv/bin/python -m stestr --test-path ./osc_backup/tests/functional_teardown \
         --top-dir ./ run --serial
@@ -11,6 +11,7 @@ backup, and `down` would fail them all.  The tests run in name order
 
 import os
 import socket
+import time
 
 import testtools
 
@@ -39,11 +40,27 @@ def listening(port):
 
 class TestMinicloudTeardown(testtools.TestCase):
 
-    def test_1_stop_and_start_cinder_backup(self):
+    def _require_cloud(self):
         if minicloud('status', check=False, timeout=120).returncode != 0:
             if os.environ.get('CI', '').lower() == 'true':
                 self.fail('CI=true and minicloud is not up')
             self.skipTest('minicloud is not up (tools/minicloud up)')
+
+    def test_1_up_twice_is_a_fast_no_op(self):
+        self._require_cloud()
+        for _ in range(2):
+            start = time.time()
+            p = minicloud('up', timeout=1800)
+            elapsed = time.time() - start
+        self.assertEqual(0, p.returncode)
+        # the cloud was already up: the second call only checks health
+        self.assertLess(elapsed, 20, p.stderr)
+        self.assertNotIn('starting', p.stderr)
+        self.assertIn('healthy', p.stderr)
+        self.assertEqual(0, minicloud('status', check=False).returncode)
+
+    def test_2_stop_and_start_cinder_backup(self):
+        self._require_cloud()
         # whatever happens, leave the service running
         self.addCleanup(minicloud, 'start', 'cinder-backup')
         minicloud('stop', 'cinder-backup')
@@ -57,7 +74,7 @@ class TestMinicloudTeardown(testtools.TestCase):
         p = minicloud('status', check=False)
         self.assertEqual(0, p.returncode, p.stdout + p.stderr)
 
-    def test_2_down_leaves_nothing_listening(self):
+    def test_3_down_leaves_nothing_listening(self):
         ports = [int(p) for p in minicloud('ports', timeout=60).stdout.split()]
         self.assertIn(5000, ports)
         p = minicloud('down', check=False, timeout=900)
