@@ -52,6 +52,15 @@ So, reading only, in this order:
    it by step 2 as soon as it can. At most one such record exists per
    project: while it is there, step 2 decides without creating anything.
 
+Known limit (seen on the minicloud, Cinder 29): cinder-scheduler picks
+backup hosts from the capabilities backup services last *reported* and
+never forgets a service that stopped. The rejection of step 3 therefore
+only happens when no backup service ever reported since the scheduler
+started; a backup service that died afterwards gets the backup cast to it,
+and the backup waits in ``creating`` (the volume in ``backing-up``) until
+the service returns or ``--timeout`` ends the run. Only the services API
+(step 1) sees such a service as down.
+
 Plain module: takes an openstacksdk ``Connection``; no cliff.
 """
 

@@ -133,7 +133,11 @@ class CreateVolumeBackup(command.ShowOne):
         "Cinder then keeps the rejected backup record (status error) and "
         "lets nobody delete it until a backup service runs; later automatic "
         "runs use that record to decide without creating anything, and "
-        "delete it once a service is back."
+        "delete it once a service is back. Cinder's scheduler keeps "
+        "sending backups to a backup service that stopped after it "
+        "reported; a member's try then waits in 'creating' until that "
+        "service returns or --timeout ends the run: members on such "
+        "clouds should pass --via-image or --via-backup."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
