@@ -46,6 +46,7 @@ IMAGE_COLUMNS = (
     'encrypted',
     'run_id',
     'duration',
+    'files',
 )
 
 #: Output fields of ``backup volume create`` on the Cinder backup path.
@@ -418,18 +419,8 @@ class CreateVolumeBackup(command.ShowOne):
         parsed_args: argparse.Namespace,
         reason: str | None,
     ) -> tuple[Sequence[str], Iterable[Any]]:
-        import dataclasses
-
         from osc_backup.procedures import volume_image
 
-        extra: dict[str, Any] = {}
-        if parsed_args.download:
-            names = {f.name for f in dataclasses.fields(volume_image.Options)}
-            if 'download' not in names:
-                raise exceptions.CommandError(
-                    _('--download is not available in this version.')
-                )
-            extra['download'] = parsed_args.download
         opts = volume_image.Options(
             name=parsed_args.name,
             description=parsed_args.description,
@@ -439,7 +430,7 @@ class CreateVolumeBackup(command.ShowOne):
             wait=parsed_args.wait,
             timeout=parsed_args.timeout,
             keep_temporary=parsed_args.keep_temporary,
-            **extra,
+            download=parsed_args.download,
         )
         # explicit --via-image: output unchanged; automatic: + why
         tail: tuple[str, ...] = ('method_reason',) if reason else ()
@@ -453,6 +444,7 @@ class CreateVolumeBackup(command.ShowOne):
             conn, volume, opts, run=run, reporter=self.reporter(parsed_args)
         )
         result['method_reason'] = reason
+        result['files'] = format_columns.ListColumn(result['files'])
         columns = IMAGE_COLUMNS + tail
         return columns, [result.get(c) for c in columns]
 

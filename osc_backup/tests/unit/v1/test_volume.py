@@ -287,7 +287,7 @@ class TestCreateVolumeBackupViaBackup(base.TestCommand):
 
     def test_auto_member_falls_back_to_image(self):
         self._member_rejected()
-        result, columns = self.run_cmd(['db'])
+        result, _columns = self.run_cmd(['db'])
         self.assertEqual('image', result['method'])
         self.assertIn('fell back to the image path', result['method_reason'])
         self.assertIn(self.backup.id, result['method_reason'])
@@ -330,21 +330,22 @@ class TestCreateVolumeBackupViaBackup(base.TestCommand):
         self.assertIn('method_reason', columns)
         self.block_storage.upload_volume_to_image.assert_not_called()
 
-    def test_download_with_image_path_not_yet_available(self):
-        parsed = self.check_parser(
-            self.cmd, ['db', '--via-image', '--download', '/tmp'], []
-        )
-        import dataclasses
+    @mock.patch('osc_backup.download.save_image')
+    def test_download_with_image_path(self, save):
+        import tempfile
 
-        from osc_backup.procedures import volume_image
-
-        names = {f.name for f in dataclasses.fields(volume_image.Options)}
-        if 'download' in names:
-            self.skipTest('--download is implemented by the image path')
-        exc = self.assertRaises(
-            exceptions.CommandError, self.cmd.take_action, parsed
+        target = tempfile.mkdtemp()
+        self.addCleanup(__import__('shutil').rmtree, target)
+        save.return_value.files = ['d.raw', 'd.raw.manifest.json']
+        result, columns = self.run_cmd(
+            ['db', '--via-image', '--download', target]
         )
-        self.assertIn('--download', str(exc))
+        self.assertEqual(target, save.call_args.args[2])
+        self.assertIn('files', columns)
+        self.assertEqual(
+            ['d.raw', 'd.raw.manifest.json'],
+            result['files'].machine_readable(),
+        )
 
 
 class TestRestoreVolume(base.TestCommand):
