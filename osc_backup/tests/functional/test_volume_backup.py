@@ -2,7 +2,6 @@
 and `backup volume restore`, against the minicloud, comparing the sha256 of
 the backend bytes at every point."""
 
-import time
 
 from osc_backup.tests.functional import base
 
@@ -131,77 +130,3 @@ class TestBackupPath(VolumeBackupTestCase):
         )
         self.assertEqual(target['id'], over['volume_id'])
         self.assertEqual(h0, self.volume_sha256(target['id']))
-
-
-class TestAutomaticChoice(VolumeBackupTestCase):
-    """Stops cinder-backup for about a minute (Cinder needs up to
-    service_down_time, 60 s, to see it down), and always starts it again.
-
-    The stopped phase runs as admin: Cinder 29's scheduler picks backup
-    hosts from the capabilities the backup services last reported and never
-    drops a stopped one, so a member's backup attempt would wait in
-    'creating' (volume 'backing-up') until the service returns instead of
-    being rejected. Only the services API sees the service down.
-    """
-
-    def backup_services(self):
-        return self.openstack(
-            ['volume', 'service', 'list', '--service', 'cinder-backup'],
-            cloud=base.ADMIN_CLOUD, parse_output=True,
-        )
-
-    def wait_backup_state(self, state, timeout=180):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            rows = self.backup_services()
-            if rows and all(r['State'] == state for r in rows):
-                return
-            time.sleep(2)
-        self.fail(f'cinder-backup not {state} after {timeout}s')
-
-    def admin_sha256(self, volume):
-        path = self.minicloud(
-            'volume-path', '--cloud', base.ADMIN_CLOUD, volume
-        ).stdout.strip()
-        return base.sha256_file(path, length=base.GiB)
-
-    def test_backup_while_running_image_while_stopped(self):
-        vol = self.create_volume(1)  # the member's; admin works by ID
-        h0 = self.write_random(vol['id'], mib=2, offset_mib=3)
-
-        running = self.backup(vol['id'])  # member, service running
-        self.assertEqual('backup', running['method'])
-        admin = self.backup(vol['id'], cloud=base.ADMIN_CLOUD)
-        self.assertEqual('backup', admin['method'])
-        self.assertIn('services API', admin['method_reason'])
-
-        try:
-            self.minicloud('stop', 'cinder-backup')
-            self.wait_backup_state('down')
-            stopped = self.backup(vol['id'], cloud=base.ADMIN_CLOUD)
-        finally:
-            self.minicloud('start', 'cinder-backup')
-        self.assertEqual('image', stopped['method'])
-        self.assertIn('services API', stopped['method_reason'])
-        self.assertIn('no enabled cinder-backup service is up',
-                      stopped['method_reason'])
-        self.wait_backup_state('up')
-
-        # both kinds of backup restore byte for byte
-        out = self.openstack(
-            ['backup', 'volume', 'restore', stopped['image_id']],
-            cloud=base.ADMIN_CLOUD, parse_output=True,
-        )
-        self.addCleanup(self._delete_volume, out['volume_id'],
-                        base.ADMIN_CLOUD)
-        self.assertEqual('image', out['source_kind'])
-        self.assertEqual('file', out['volume_type'])
-        self.assertFalse(out['bootable'])
-        self.assertEqual(h0, self.admin_sha256(out['volume_id']))
-        out = self.openstack(
-            ['backup', 'volume', 'restore', admin['backup_id']],
-            cloud=base.ADMIN_CLOUD, parse_output=True,
-        )
-        self.addCleanup(self._delete_volume, out['volume_id'],
-                        base.ADMIN_CLOUD)
-        self.assertEqual(h0, self.admin_sha256(out['volume_id']))
