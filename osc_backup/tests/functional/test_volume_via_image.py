@@ -116,11 +116,21 @@ class TestVolumeViaImage(VolumeViaImageTestCase):
         self.minicloud('attach', vol['id'])
         self.assertEqual(
             'in-use', self.conn.block_storage.get_volume(vol['id']).status)
-        result, stderr = self.backup_json('--via-image', vol['id'])
+        result, stderr = self.backup_json(
+            '--via-image', '--download', self.tmp, vol['id'])
         self.assertEqual('crash-consistent', result['consistency'])
         self.assertIn('WARNING', stderr)
         self.assertIn('crash-consistent', stderr)
-        self.assertEqual(expected, self.download_sha256(result['image_id']))
+        # --download wrote a verified backup set: data, manifest, checksums
+        data, manifest, sums = result['files']
+        self.assertEqual(self.tmp, os.path.dirname(data))
+        self.assertEqual(expected, base.sha256_file(data))
+        with open(manifest) as f:
+            record = json.load(f)
+        self.assertIn(result['image_id'], json.dumps(record))
+        check = subprocess.run(['sha256sum', '-c', os.path.basename(sums)],
+                               cwd=self.tmp, capture_output=True, text=True)
+        self.assertEqual(0, check.returncode, check.stdout + check.stderr)
         # the attached volume is untouched, and nothing temporary is left
         self.assertEqual(
             'in-use', self.conn.block_storage.get_volume(vol['id']).status)
