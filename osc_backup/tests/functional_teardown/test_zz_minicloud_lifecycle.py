@@ -2,8 +2,10 @@
 
 Not part of osc_backup/tests/functional, whose tests run in parallel
 against the cloud: stopping cinder-backup there would fail another test's
-backup, and `down` would fail them all.  The tests run in name order
-(test_1_..., test_2_..., test_3_...).  Run with:
+backup, and `down` would fail them all.  With --serial (or
+--concurrency 1) unittest runs modules, classes and methods in name order:
+this module's name sorts last so that `down` comes after every other
+teardown test, and its methods run as test_1_, test_2_, test_3_.  Run with:
 
     .venv/bin/python -m stestr --test-path ./osc_backup/tests/functional_teardown \
         --top-dir ./ run --serial
