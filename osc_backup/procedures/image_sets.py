@@ -121,7 +121,7 @@ def build_manifest(
     backup = {
         k: v for k, v in record.items() if k.startswith(tags.PREFIX)
     }
-    return {
+    manifest = {
         'format': FORMAT,
         'format_version': FORMAT_VERSION,
         'tool': tags.TOOL,
@@ -160,6 +160,21 @@ def build_manifest(
         'backup': backup,
         'source': _source(conn),
     }
+    key_id = record.get('cinder_encryption_key_id')
+    if key_id:
+        # an encrypted volume's image: LUKS data, useless without the key
+        # (saved next to the data by 'backup volume create --download')
+        manifest['encryption'] = {
+            'format': 'luks',
+            'cinder_encryption_key_id': key_id,
+            'cinder_encryption_key_deletion_policy': record.get(
+                'cinder_encryption_key_deletion_policy'
+            ),
+            'key_file': data_file + '.key',
+            'passphrase_file': data_file + '.key.luks-passphrase',
+            'passphrase': 'binascii.hexlify(key), as os-brick',
+        }
+    return manifest
 
 
 def _iso(epoch: float) -> str:
@@ -292,6 +307,10 @@ class RestoredImage:
     source_image_id: str | None
     manifest: str
     duration: float
+    #: the Barbican key of an encrypted volume's image: re-stored with a
+    #: new ID (the recorded one is ``previous_encryption_key_id``)
+    encryption_key_id: str | None = None
+    previous_encryption_key_id: str | None = None
 
 
 def create_body(
@@ -388,9 +407,13 @@ def restore_image(
     )
     if not body.get('name'):
         body['name'] = image_rec.get('id') or os.path.basename(data)
+    key = _key_to_restore(conn, manifest, data, properties or {})
     deadline = waits.Deadline(timeout)
     cleanup = Cleanup(reporter)
+    new_key_id: str | None = None
     with cleanup.guard():
+        if key is not None:
+            new_key_id = _restore_key(conn, key, body, cleanup, reporter)
         reporter.step(f"Creating image '{body['name']}'")
         resp = conn.image.post('/images', json=body)
         _check(resp, 'Creating the image', (201,))
@@ -453,7 +476,101 @@ def restore_image(
         source_image_id=image_rec.get('id'),
         manifest=mpath,
         duration=round(clock() - started, 1),
+        encryption_key_id=new_key_id,
+        previous_encryption_key_id=key.old_id if key else None,
     )
+
+
+@dataclass
+class _Key:
+    old_id: str
+    payload: bytes
+    described: dict[str, Any]
+    content_type: str
+    origin: str
+
+
+def encryption_key_id(manifest: Mapping[str, Any]) -> str | None:
+    """The Barbican key ID recorded for an encrypted volume's image."""
+    from osc_backup.procedures import secrets
+
+    record = manifest.get('glance_record') or {}
+    value = record.get(secrets.IMAGE_KEY_ID)
+    return str(value) if value else None
+
+
+def _key_to_restore(
+    conn: Any,
+    manifest: Mapping[str, Any],
+    data: str,
+    properties: Mapping[str, str],
+) -> _Key | None:
+    """The key an encrypted image needs, found before anything is made:
+    the key file saved with the set, else (same cloud) the recorded
+    secret, copied. ``--property cinder_encryption_key_id=...`` opts out.
+    """
+    from osc_backup.procedures import secrets
+
+    old_id = encryption_key_id(manifest)
+    if not old_id or secrets.IMAGE_KEY_ID in properties:
+        return None
+    saved = secrets.load_image_key(data)
+    if saved is not None:
+        payload, doc = saved
+        return _Key(
+            old_id, payload, dict(doc.get('secret') or {}),
+            str(doc.get('payload_content_type') or secrets.OCTET_STREAM),
+            f'{data}{secrets.KEY_SUFFIX}',
+        )
+    try:
+        meta = secrets.find_secret(conn, old_id)
+        payload, ctype = secrets.fetch_payload(conn, meta)
+    except errors.BackupError as exc:
+        raise errors.InvalidInput(
+            f'The image of this backup set holds encrypted (LUKS) data, but '
+            f'no key was saved with it ({data}{secrets.KEY_SUFFIX}) and its '
+            f'key {old_id} cannot be read here ({exc}). Without the key the '
+            'data is useless. Put the key file next to the data file, or '
+            f'pass --property {secrets.IMAGE_KEY_ID}=<secret ID> to use an '
+            'existing secret.'
+        ) from None
+    return _Key(
+        old_id, payload, secrets.describe(meta), ctype,
+        f'Barbican secret {old_id}',
+    )
+
+
+def _restore_key(
+    conn: Any,
+    key: _Key,
+    body: dict[str, Any],
+    cleanup: Cleanup,
+    reporter: Reporter,
+) -> str:
+    """Store the key as a new secret; point the image body at it."""
+    from osc_backup.procedures import secrets
+
+    reporter.step(f'Storing the image key from {key.origin} in Barbican')
+    href = secrets.store_secret(
+        conn, key.payload, key.described, content_type_=key.content_type,
+    )
+    new_id = secrets.secret_uuid(href) or href
+    cleanup.add(
+        f'delete re-stored key {new_id}',
+        lambda: secrets.delete_secret(conn, new_id),
+        leftover=f'secret {new_id}',
+        remove_command=f'openstack secret delete {href}',
+        when=PARTIAL,
+    )
+    body[secrets.IMAGE_KEY_ID] = new_id
+    body[secrets.IMAGE_KEY_POLICY] = secrets.ON_IMAGE_DELETION
+    reporter.note(
+        f'The image key was stored again in Barbican from {key.origin}: '
+        f'its ID changed, {key.old_id} -> {new_id}. The restored image '
+        f'points at the new secret ({secrets.IMAGE_KEY_ID}); it is deleted '
+        'with the image.'
+    )
+    return new_id
 
 
 def _verify_glance(

@@ -89,6 +89,7 @@ AUTO = 'auto'
 #: Microversions of the Block Storage API
 MV_METADATA = '3.43'
 MV_AZ = '3.51'
+MV_ENCRYPTION_KEY = '3.64'
 
 #: volume status -> consistency of a backup taken in that status
 CONSISTENCY = volume_image.CONSISTENCY
@@ -105,6 +106,7 @@ KEY_BOOTABLE = volume_image.PROP_BOOTABLE
 KEY_ENCRYPTED = volume_image.PROP_ENCRYPTED
 KEY_CONSISTENCY = volume_image.PROP_CONSISTENCY
 KEY_RUN_ID = volume_image.PROP_RUN_ID
+KEY_ENCRYPTION_KEY = tags.PREFIX + 'encryption_key_id'
 
 #: What Cinder says when no backup service can take a request.
 SCHEDULER_REJECTION = 'Service not found for creating backup'
@@ -501,6 +503,9 @@ def backup_volume_via_backup(
             )
         cleanup.outcome = f'backup {backup_id} is {backup.status}'
 
+    key_id = None
+    if volume.is_encrypted:
+        key_id = _record_key(bs, backup, label, reporter, opts.wait)
     return {
         'method': METHOD,
         'method_reason': method_reason,
@@ -513,9 +518,52 @@ def backup_volume_via_backup(
         'consistency': consistency,
         'source_volume_id': volume.id,
         'source_volume_name': volume.name,
+        'encrypted': bool(volume.is_encrypted),
+        'encryption_key_id': key_id,
         'run_id': run.run_id,
         'duration': round(time.monotonic() - started, 1),
     }
+
+
+def _record_key(
+    bs: Any, backup: Any, label: str, reporter: Reporter, waited: bool
+) -> str | None:
+    """The backup's own copy of the volume key (microversion 3.64), noted
+    for the user and, where the cloud keeps backup metadata, recorded
+    there (``osc_backup_encryption_key_id``)."""
+    key_id = getattr(backup, 'encryption_key_id', None)
+    if not key_id and waited:
+        current = _get(bs, backup.id)
+        key_id = getattr(current, 'encryption_key_id', None)
+    if not key_id:
+        if supports(bs, MV_ENCRYPTION_KEY):
+            reporter.note(
+                f'Volume {label} is encrypted; Cinder did not (yet) report '
+                f'the key of backup {backup.id}.'
+            )
+        else:
+            reporter.note(
+                f'Volume {label} is encrypted; the backup has its own copy '
+                'of the key in Barbican, but this cloud does not show its '
+                f'ID (needs microversion {MV_ENCRYPTION_KEY}).'
+            )
+        return None
+    reporter.note(
+        f'Volume {label} is encrypted: backup {backup.id} has its own copy '
+        f'of the key, Barbican secret {key_id}. Cinder restores need it; '
+        'to keep a copy outside the cloud: openstack backup secret save '
+        f'{key_id} --file <path>.'
+    )
+    if waited and supports(bs, MV_METADATA):
+        try:
+            bs.set_backup_metadata(backup, **{KEY_ENCRYPTION_KEY: key_id})
+        except Exception as exc:  # the backup is complete: only a note
+            LOG.debug('Recording the key ID failed', exc_info=True)
+            reporter.warn(
+                f'could not record the key ID in the metadata of backup '
+                f'{backup.id}: {exc}'
+            )
+    return str(key_id)
 
 
 def _get(bs: Any, backup_id: str) -> Any | None:

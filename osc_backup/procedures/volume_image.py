@@ -40,6 +40,7 @@ from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.common.cleanup import PARTIAL, Cleanup
 from osc_backup.common.progress import Reporter
+from osc_backup.procedures import secrets
 
 METHOD = 'image'
 
@@ -225,6 +226,12 @@ def plan(
             f'GET /v2/images/<image>/file -> backup set in {opts.download} '
             '(verified against os_hash_value, fsynced, renamed)'
         )
+        if volume.is_encrypted:
+            steps.append(
+                f'GET /v1/secrets/<image {secrets.IMAGE_KEY_ID}>/payload '
+                '-> <file>.key, <file>.key.luks-passphrase, '
+                '<file>.key.metadata.json (mode 0600)'
+            )
     return {
         'dry_run': True,
         'method': METHOD,
@@ -313,7 +320,9 @@ def backup_volume_via_image(
             f'Volume {label} is encrypted: the image holds raw LUKS data '
             'and is useless without its key. Cinder stores a copy of the key '
             'in Barbican; the image property cinder_encryption_key_id names '
-            'it. Back that secret up too.'
+            'it.'
+            + (' The key is saved with the download.'
+               if opts.download is not None else ' Back that secret up too.')
         )
 
     cleanup = Cleanup(
@@ -380,16 +389,69 @@ def backup_volume_via_image(
         'method': METHOD,
         'consistency': consistency,
         'encrypted': bool(volume.is_encrypted),
+        'encryption_key_id': None,
         'run_id': run.run_id,
         'duration': round(time.monotonic() - started, 1),
         'files': [],
     }
+    key_id = image_key_id(image) if volume.is_encrypted else None
+    result['encryption_key_id'] = key_id
+    if volume.is_encrypted and opts.wait and key_id is None:
+        reporter.warn(
+            f'image {image.id} of encrypted volume {label} has no '
+            f'{secrets.IMAGE_KEY_ID} property: its key cannot be found.'
+        )
     if opts.download is not None:
         # Outside the cleanup guard: the image is a complete backup now; a
         # failed download must not delete it.
-        result['files'] = _download(conn, image.id, opts.download, reporter)
+        files = _download(conn, image.id, opts.download, reporter)
+        if key_id:
+            files += _save_key(conn, image.id, key_id, files[0], reporter)
+        result['files'] = files
         result['duration'] = round(time.monotonic() - started, 1)
+    elif key_id:
+        reporter.note(
+            f'Image {image.id} is useless without its key, Barbican secret '
+            f'{key_id} (a copy Cinder made of the volume key; it is deleted '
+            'with the image). Save its LUKS passphrase with: openstack '
+            f'backup secret save {key_id} --luks-passphrase --file <path> '
+            '(and the key itself without --luks-passphrase), or use '
+            '--download <directory>, which saves it with the image.'
+        )
     return result
+
+
+def image_key_id(image: Any) -> str | None:
+    """The Barbican key ID Cinder set on an encrypted volume's image."""
+    props = dict(getattr(image, 'properties', None) or {})
+    value = props.get(secrets.IMAGE_KEY_ID)
+    if value is None:
+        value = getattr(image, secrets.IMAGE_KEY_ID, None)
+    return str(value) if value else None
+
+
+def _save_key(
+    conn: Any, image_id: str, key_id: str, data_file: str,
+    reporter: Reporter,
+) -> list[str]:
+    """Save the image's key next to its downloaded data (0600 files)."""
+    reporter.step(f'Saving key {key_id} of image {image_id}')
+    try:
+        files = secrets.save_image_key(conn, key_id, data_file)
+    except errors.BackupError as exc:
+        raise errors.BackupError(
+            f'The backup image {image_id} is active and downloaded to '
+            f'{data_file}, but its key {key_id} could not be saved: {exc} '
+            f'Save it with: openstack backup secret save {key_id} --file '
+            f'{data_file}{secrets.KEY_SUFFIX}'
+        ) from exc
+    reporter.note(
+        f'Saved key {key_id} with the image (mode 0600): '
+        f'{data_file}{secrets.KEY_SUFFIX} (the key) and '
+        f'{data_file}{secrets.PASSPHRASE_SUFFIX} (the LUKS passphrase, '
+        "for 'cryptsetup open --key-file'). Keep them as safe as the data."
+    )
+    return files
 
 
 def _download(

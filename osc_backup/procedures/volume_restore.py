@@ -38,6 +38,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,8 @@ from osc_backup.common.cleanup import PARTIAL, Cleanup
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import volume_backup
 from osc_backup.procedures import volume_image
+
+LOG = logging.getLogger(__name__)
 
 BACKUP = 'backup'
 IMAGE = 'image'
@@ -247,7 +250,48 @@ def prepare(
             f'{source_name}-restore-{tags.utc_stamp(run.started)}'
             f'-{run.run_id[:6]}'
         )
+    if source.kind == IMAGE and image_key_id(res):
+        _check_encrypted_type(bs, res, volume_type, target)
     return Plan(source, size, volume_type, bootable, target, name)
+
+
+def image_key_id(image: Any) -> str | None:
+    return volume_image.image_key_id(image)
+
+
+def _check_encrypted_type(
+    bs: Any, image: Any, volume_type: str | None, target: Any | None
+) -> None:
+    """An image of an encrypted volume (LUKS data and a key) must go to
+    a volume of an encrypted type: one clear error before anything is
+    created. Skipped where the user may not read type encryption."""
+    if target is not None:
+        volume_type = target.volume_type
+    if not volume_type:
+        raise errors.InvalidInput(
+            f'Image {image.id} holds an encrypted volume (LUKS data, key '
+            f'{image_key_id(image)}): pass --type with an encrypted volume '
+            'type (no type was recorded with the backup).'
+        )
+    try:
+        vtype = bs.find_type(volume_type, ignore_missing=False)
+        enc = bs.get_type_encryption(vtype.id)
+    except sdk_exc.ForbiddenException:
+        return
+    except sdk_exc.NotFoundException:
+        enc = None
+    except sdk_exc.HttpException as exc:  # cannot tell: Cinder decides
+        LOG.debug('Reading type encryption failed: %s', exc)
+        return
+    if enc is None or not (
+        getattr(enc, 'provider', None) or getattr(enc, 'encryption_id', None)
+    ):
+        raise errors.InvalidInput(
+            f'Image {image.id} holds an encrypted volume (LUKS data, key '
+            f"{image_key_id(image)}), but volume type '{volume_type}' is "
+            'not encrypted: pass --type with an encrypted volume type (the '
+            'one recorded with the backup, if it exists here).'
+        )
 
 
 def _new_volume(
@@ -384,6 +428,7 @@ def restore(
             vol = bs.get_volume(vol.id)
         cleanup.outcome = f'volume {vol.id} is {vol.status}'
 
+    key_id = _note_key(bs, vol, source, reporter)
     record = source.record
     return {
         'volume_id': vol.id,
@@ -398,6 +443,35 @@ def restore(
         'source_name': res.name,
         'source_volume_id': record.get(volume_image.PROP_SOURCE_ID),
         'restore_method': how,
+        'encryption_key_id': key_id,
         'run_id': run.run_id,
         'duration': round(time.monotonic() - started, 1),
     }
+
+
+def _note_key(
+    bs: Any, vol: Any, source: Source, reporter: Reporter
+) -> str | None:
+    """Say which key an encrypted restored volume has (Cinder copies
+    the source's key: a new secret ID)."""
+    if not vol.is_encrypted:
+        return None
+    key_id = getattr(vol, 'encryption_key_id', None)
+    if not key_id:
+        try:
+            key_id = getattr(bs.get_volume(vol.id), 'encryption_key_id', None)
+        except sdk_exc.HttpException:
+            key_id = None
+    res = source.resource
+    if source.kind == IMAGE:
+        old = image_key_id(res)
+        what = f'image key {old}' if old else 'the image key'
+    else:
+        old = getattr(res, 'encryption_key_id', None)
+        what = f'backup key {old}' if old else 'the backup key'
+    if key_id:
+        reporter.note(
+            f'Volume {vol.id} is encrypted; Cinder gave it its own copy of '
+            f'{what}: secret {key_id} (a new ID).'
+        )
+    return str(key_id) if key_id else None

@@ -44,6 +44,7 @@ IMAGE_COLUMNS = (
     'method',
     'consistency',
     'encrypted',
+    'encryption_key_id',
     'run_id',
     'duration',
     'files',
@@ -62,6 +63,8 @@ BACKUP_COLUMNS = (
     'method',
     'method_reason',
     'consistency',
+    'encrypted',
+    'encryption_key_id',
     'run_id',
     'duration',
 )
@@ -80,6 +83,7 @@ RESTORE_COLUMNS = (
     'source_name',
     'source_volume_id',
     'restore_method',
+    'encryption_key_id',
     'run_id',
     'duration',
 )
