@@ -556,7 +556,17 @@ def _record_key(
     )
     if waited and supports(bs, MV_METADATA):
         try:
-            bs.set_backup_metadata(backup, **{KEY_ENCRYPTION_KEY: key_id})
+            # Cinder has no backup metadata API of its own: the update
+            # (3.43) replaces the whole metadata
+            current = _get(bs, backup.id) or backup
+            metadata = dict(current.metadata or {})
+            metadata[KEY_ENCRYPTION_KEY] = str(key_id)
+            resp = bs.put(
+                f'/backups/{backup.id}',
+                json={'backup': {'metadata': metadata}},
+                microversion=MV_METADATA,
+            )
+            sdk_exc.raise_from_response(resp)
         except Exception as exc:  # the backup is complete: only a note
             LOG.debug('Recording the key ID failed', exc_info=True)
             reporter.warn(

@@ -197,3 +197,36 @@ class EncryptedVolumeTestCase(base.FunctionalTestCase):
             text=True, timeout=120)
         self.assertNotEqual(0, p.returncode)
         self.assertIn('exists', p.stderr)
+
+    def test_cinder_backup_records_key(self):
+        vol = self.create_volume(1, volume_type=LUKS_TYPE)
+        vol_key_id = self.conn.block_storage.get_volume(
+            vol['id']).encryption_key_id
+        key = self.payload(vol_key_id)
+        self.luks_format(self.volume_path(vol['id']), binascii.hexlify(key))
+        original = self.write_random(vol['id'], mib=2, offset_mib=4)
+        result, stderr = self.backup_cmd(
+            'volume', 'create', '--via-backup', vol['id'])
+        self.addCleanup(self._delete_simple, 'volume backup',
+                        result['backup_id'], base.MEMBER_CLOUD)
+        self.assertTrue(result['encrypted'])
+        backup = self.conn.block_storage.get_backup(result['backup_id'])
+        self.assertTrue(backup.encryption_key_id)
+        self.assertEqual(backup.encryption_key_id,
+                         result['encryption_key_id'])
+        self.assertNotEqual(vol_key_id, backup.encryption_key_id)
+        self.assertEqual(backup.encryption_key_id,
+                         backup.metadata['osc_backup_encryption_key_id'])
+        self.assertIn(backup.encryption_key_id, stderr)
+        # restore: an empty volume of the recorded (encrypted, not
+        # default) type, the backup restored onto it
+        new_vol, stderr = self.backup_cmd(
+            'volume', 'restore', result['backup_id'])
+        self.addCleanup(self._delete_volume, new_vol['volume_id'],
+                        base.MEMBER_CLOUD)
+        self.assertEqual(LUKS_TYPE, new_vol['volume_type'])
+        self.assertEqual(original, self.volume_sha256(new_vol['volume_id']))
+        restored_key = self.conn.block_storage.get_volume(
+            new_vol['volume_id']).encryption_key_id
+        self.assertEqual(restored_key, new_vol['encryption_key_id'])
+        self.assertEqual(key, self.payload(restored_key))
