@@ -130,7 +130,7 @@ class CreateVolumeBackup(command.ShowOne):
         "that are deleted afterwards, also on failure and Ctrl-C "
         "(crash-consistent). --no-wait cannot be used for 'in-use' volumes "
         "on this path.\n\n"
-        "Without --via-*, the Cinder backup path is taken when the cloud has "
+        "Without --via-image or --via-backup, the Cinder backup path is taken when the cloud has "
         "a working backup service, else the image path; method_reason says "
         "which and why. Admins are answered by the services API. A plain "
         "member cannot list services: the backup is tried, and when Cinder "
@@ -241,8 +241,8 @@ class CreateVolumeBackup(command.ShowOne):
             help=_(
                 'Set a property on the backup image, or metadata on the '
                 'Cinder backup (supported by --os-volume-api-version 3.43 or '
-                'above) (repeat option to set multiple properties); keys '
-                'starting with osc_backup_ are reserved'
+                'above) (repeat option to set multiple properties); the '
+                'osc_backup prefix is reserved for the backup record'
             ),
         )
         command.add_wait_args(
