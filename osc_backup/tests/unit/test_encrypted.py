@@ -1,0 +1,246 @@
+"""Encrypted volumes in the volume, image-set and restore procedures."""
+
+import io
+import os
+from unittest import mock
+
+import fixtures
+from openstack import exceptions as sdk_exc
+
+from osc_backup.common import errors
+from osc_backup.common import tags
+from osc_backup.common.cleanup import Cleanup
+from osc_backup.common.progress import Reporter
+from osc_backup.procedures import image_sets
+from osc_backup.procedures import secrets
+from osc_backup.procedures import volume_backup
+from osc_backup.procedures import volume_image
+from osc_backup.procedures import volume_restore
+from osc_backup.tests.unit import base
+from osc_backup.tests.unit import fakes
+from osc_backup.tests.unit import test_secret
+from osc_backup.tests.unit import test_volume_image
+
+OLD_KEY = test_secret.UUID
+NEW_KEY = 'ffffffff-0000-4000-8000-000000000001'
+
+
+class TestViaImage(test_volume_image.ProcedureTestCase):
+    def setUp(self):
+        super().setUp()
+        self.active.properties = {secrets.IMAGE_KEY_ID: OLD_KEY}
+        self.vol = fakes.volume(is_encrypted=True, volume_type='luks')
+
+    def backup(self, **opts):
+        options = volume_image.Options(interval=0, **opts)
+        return volume_image.backup_volume_via_image(
+            self.conn, self.vol, options, run=self.run_ctx,
+            reporter=self.reporter)
+
+    def test_without_download_says_how_to_fetch_key(self):
+        result = self.backup()
+        self.assertEqual(OLD_KEY, result['encryption_key_id'])
+        self.assertIn(
+            f'openstack backup secret save {OLD_KEY} --luks-passphrase',
+            self.err.getvalue())
+        self.assertIn('useless without its key', self.err.getvalue())
+
+    def test_download_saves_key(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        data = os.path.join(tmp, 'img.raw')
+        with mock.patch.object(
+            volume_image, '_download',
+            return_value=[data, data + '.manifest.json', data + '.sha256'],
+        ), mock.patch.object(
+            secrets, 'save_image_key',
+            return_value=[data + '.key', data + '.key.luks-passphrase',
+                          data + '.key.metadata.json'],
+        ) as save_key, mock.patch(
+            'osc_backup.download.check_free_space'):
+            result = self.backup(download=tmp)
+        save_key.assert_called_once_with(self.conn, OLD_KEY, data)
+        self.assertEqual(6, len(result['files']))
+        self.assertIn(data + '.key.luks-passphrase', result['files'])
+        self.assertIn('Saved key', self.err.getvalue())
+
+    def test_key_save_failure_keeps_image(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        data = os.path.join(tmp, 'img.raw')
+        with mock.patch.object(
+            volume_image, '_download', return_value=[data],
+        ), mock.patch.object(
+            secrets, 'save_image_key',
+            side_effect=errors.BackupError('403.'),
+        ), mock.patch('osc_backup.download.check_free_space'):
+            exc = self.assertRaises(
+                errors.BackupError, self.backup, download=tmp)
+        self.assertIn('active and downloaded', str(exc))
+        self.assertIn(f'secret save {OLD_KEY}', str(exc))
+        self.image_proxy.delete_image.assert_not_called()
+
+    def test_not_encrypted_unchanged(self):
+        self.vol = fakes.volume()
+        result = self.backup()
+        self.assertIsNone(result['encryption_key_id'])
+        self.assertNotIn('secret save', self.err.getvalue())
+
+
+class TestBackupKey(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.bs, _ = fakes.make_proxies()
+        self.err = io.StringIO()
+        self.reporter = Reporter(stream=self.err, progress=False)
+        self.backup = mock.Mock(id='b1', encryption_key_id=OLD_KEY,
+                                metadata={'osc_backup_tool': 'osc-backup'})
+        self.bs.get_backup.return_value = self.backup
+        self.bs.put.return_value = mock.Mock(status_code=202)
+
+    def test_recorded(self):
+        with mock.patch.object(volume_backup, 'supports', return_value=True):
+            key = volume_backup._record_key(
+                self.bs, self.backup, 'vol', self.reporter, True)
+        self.assertEqual(OLD_KEY, key)
+        self.bs.put.assert_called_once_with(
+            '/backups/b1',
+            json={'backup': {'metadata': {
+                'osc_backup_tool': 'osc-backup',
+                'osc_backup_encryption_key_id': OLD_KEY}}},
+            microversion='3.43')
+        self.assertIn(OLD_KEY, self.err.getvalue())
+
+    def test_old_cloud(self):
+        self.backup.encryption_key_id = None
+        with mock.patch.object(volume_backup, 'supports', return_value=False):
+            key = volume_backup._record_key(
+                self.bs, self.backup, 'vol', self.reporter, True)
+        self.assertIsNone(key)
+        self.assertIn('3.64', self.err.getvalue())
+        self.bs.put.assert_not_called()
+
+
+class TestImageSetKey(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.data = os.path.join(self.dir, 'img.raw')
+        self.fake = test_secret.FakeKM()
+        self.conn = mock.Mock(key_manager=self.fake.km)
+        self.manifest = {'glance_record': {
+            secrets.IMAGE_KEY_ID: OLD_KEY,
+            secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION}}
+        self.err = io.StringIO()
+        self.reporter = Reporter(stream=self.err, progress=False)
+
+    def test_not_encrypted(self):
+        self.assertIsNone(image_sets._key_to_restore(
+            self.conn, {'glance_record': {}}, self.data, {}))
+
+    def test_from_key_file(self):
+        secrets.save_image_key(self.conn, OLD_KEY, self.data)
+        self.fake.km.get.reset_mock()
+        key = image_sets._key_to_restore(
+            self.conn, self.manifest, self.data, {})
+        self.assertEqual(test_secret.KEY, key.payload)
+        self.fake.km.get.assert_not_called()
+        body = {secrets.IMAGE_KEY_ID: OLD_KEY}
+        cleanup = Cleanup(self.reporter)
+        new = image_sets._restore_key(
+            self.conn, key, body, cleanup, self.reporter)
+        self.assertEqual(NEW_KEY, new)
+        self.assertEqual(NEW_KEY, body[secrets.IMAGE_KEY_ID])
+        self.assertEqual(secrets.ON_IMAGE_DELETION,
+                         body[secrets.IMAGE_KEY_POLICY])
+        self.assertIn(f'{OLD_KEY} -> {NEW_KEY}', self.err.getvalue())
+        # a failed restore deletes the new secret
+        cleanup.run(failed=True)
+        self.fake.km.delete_secret.assert_called_once_with(
+            NEW_KEY, ignore_missing=True)
+
+    def test_copied_from_barbican_without_file(self):
+        key = image_sets._key_to_restore(
+            self.conn, self.manifest, self.data, {})
+        self.assertEqual(test_secret.KEY, key.payload)
+        self.assertIn('Barbican secret', key.origin)
+
+    def test_no_key_anywhere_fails_before_anything(self):
+        self.fake.km.get.side_effect = None
+        self.fake.km.get.return_value = mock.Mock(status_code=404)
+        with mock.patch.object(
+            sdk_exc, 'raise_from_response',
+            side_effect=sdk_exc.NotFoundException('gone'),
+        ):
+            exc = self.assertRaises(
+                errors.InvalidInput, image_sets._key_to_restore,
+                self.conn, self.manifest, self.data, {})
+        self.assertIn('useless', str(exc))
+        self.fake.km.post.assert_not_called()
+
+    def test_property_override_skips(self):
+        self.assertIsNone(image_sets._key_to_restore(
+            self.conn, self.manifest, self.data,
+            {secrets.IMAGE_KEY_ID: 'other'}))
+
+    def test_manifest_records_key(self):
+        conn = mock.Mock()
+        manifest = image_sets.build_manifest(
+            conn, {'id': 'i', secrets.IMAGE_KEY_ID: OLD_KEY},
+            data_file='img.raw', size=1, hash_algo=None, hash_value=None,
+            sha256='0' * 64, started=0.0, finished=1.0)
+        self.assertEqual(
+            OLD_KEY, manifest['encryption']['cinder_encryption_key_id'])
+        self.assertEqual('img.raw.key', manifest['encryption']['key_file'])
+        plain = image_sets.build_manifest(
+            conn, {'id': 'i'}, data_file='img.raw', size=1, hash_algo=None,
+            hash_value=None, sha256='0' * 64, started=0.0, finished=1.0)
+        self.assertNotIn('encryption', plain)
+
+
+class TestVolumeRestoreEncrypted(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.bs, self.image_proxy = fakes.make_proxies()
+        self.conn = mock.Mock(block_storage=self.bs, image=self.image_proxy)
+        self.image = fakes.image(
+            status='active', size=1024**3, min_disk=0, name='img',
+            properties={
+                volume_image.PROP_VOLUME_TYPE: 'luks',
+                volume_image.PROP_SIZE: '1',
+                secrets.IMAGE_KEY_ID: OLD_KEY,
+            })
+        self.bs.find_type.return_value = mock.Mock(id='t')
+        self.run_ctx = tags.Run(run_id='0123456789ab')
+
+    def prepare(self, **opts):
+        return volume_restore.prepare(
+            self.conn, volume_restore.Source('image', self.image),
+            volume_restore.Options(**opts), self.run_ctx)
+
+    def test_encrypted_type_ok(self):
+        self.bs.get_type_encryption.return_value = mock.Mock(
+            provider='luks', encryption_id='e')
+        plan = self.prepare()
+        self.assertEqual('luks', plan.volume_type)
+
+    def test_plain_type_refused(self):
+        self.bs.get_type_encryption.return_value = mock.Mock(
+            provider=None, encryption_id=None)
+        exc = self.assertRaises(
+            errors.InvalidInput, self.prepare, volume_type='file')
+        self.assertIn('not encrypted', str(exc))
+        self.bs.create_volume.assert_not_called()
+
+    def test_member_cannot_read_encryption(self):
+        self.bs.get_type_encryption.side_effect = (
+            sdk_exc.ForbiddenException('no'))
+        self.assertEqual('luks', self.prepare().volume_type)
+
+    def test_note_new_key(self):
+        err = io.StringIO()
+        vol = mock.Mock(id='v', is_encrypted=True, encryption_key_id=NEW_KEY)
+        key = volume_restore._note_key(
+            self.bs, vol, volume_restore.Source('image', self.image),
+            Reporter(stream=err, progress=False))
+        self.assertEqual(NEW_KEY, key)
+        self.assertIn(OLD_KEY, err.getvalue())
+        self.assertIn(NEW_KEY, err.getvalue())
