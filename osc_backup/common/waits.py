@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
@@ -52,6 +53,9 @@ FAILURES: dict[str, list[str]] = {
 }
 
 DEFAULT_INTERVAL = 2.0
+
+#: transient errors (dropped connections, 502/503/504) ridden out in a row
+TRANSIENT_RETRIES = 5
 
 
 class Deadline:
@@ -92,6 +96,46 @@ def _fault(proxy: Any, resource: Any) -> str:
     except Exception as exc:  # a fault lookup must never mask the error
         LOG.debug('Could not read Cinder user messages: %s', exc)
     return ''
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A dropped connection or a gateway error: worth polling again."""
+    if isinstance(exc, ks_exc.ConnectFailure):
+        return True
+    code = getattr(exc, 'status_code', None)
+    return isinstance(exc, sdk_exc.HttpException) and code in (
+        502,
+        503,
+        504,
+    )
+
+
+def _riding_out_blips(
+    call: Callable[[int], T],
+    timeout: float | Deadline,
+    interval: float,
+    lost: str,
+) -> T:
+    """Run one SDK wait; if a poll hits a transient error, poll again.
+
+    A long wait makes hundreds of requests; one of them meeting a
+    keep-alive connection the server is just closing, or a load balancer's
+    502, must not end a run that holds temporary resources. At most
+    ``TRANSIENT_RETRIES`` such errors in a row, and never past the budget.
+    """
+    deadline = timeout if isinstance(timeout, Deadline) else Deadline(timeout)
+    blips = 0
+    while True:
+        try:
+            return call(max(1, round(deadline.remaining())))
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            blips += 1
+            if blips > TRANSIENT_RETRIES or deadline.remaining() <= interval:
+                raise errors.WaitError(f'{lost}: {exc}') from exc
+            LOG.debug('Transient error while polling (%d): %s', blips, exc)
+            time.sleep(interval)
 
 
 def _refresh(proxy: Any, resource: Any, kind: str) -> Any | None:
@@ -139,12 +183,18 @@ def wait_for_status(
             f"{kind} {res_id} to become '{status}' (raise --timeout)."
         )
     try:
-        return proxy.wait_for_status(  # type: ignore[no-any-return]
-            resource,
-            status=status,
-            failures=failures,
-            interval=interval,
-            wait=max(1, int(wait)),
+        return _riding_out_blips(  # type: ignore[no-any-return]
+            lambda left: proxy.wait_for_status(
+                resource,
+                status=status,
+                failures=failures,
+                interval=interval,
+                wait=left,
+            ),
+            timeout,
+            interval,
+            f"Step '{step}' failed: lost contact with the cloud while "
+            f"waiting for {kind} {res_id}",
         )
     except sdk_exc.ResourceTimeout:
         current = _refresh(proxy, resource, kind)
@@ -187,8 +237,14 @@ def wait_for_delete(
     wait = _budget(timeout)
     res_id = getattr(resource, 'id', resource)
     try:
-        proxy.wait_for_delete(
-            resource, interval=interval, wait=max(1, int(wait))
+        _riding_out_blips(
+            lambda left: proxy.wait_for_delete(
+                resource, interval=interval, wait=left
+            ),
+            timeout,
+            interval,
+            f"Step '{step}' failed: lost contact with the cloud while "
+            f"waiting for {kind} {res_id} to be deleted",
         )
     except sdk_exc.ResourceTimeout:
         current = _refresh(proxy, resource, kind)

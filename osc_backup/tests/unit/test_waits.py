@@ -105,7 +105,7 @@ class TestWaitForStatus(base.TestCase):
         self.bs.wait_for_status.assert_not_called()
 
     def test_deadline_passes_remaining_time(self):
-        clock = mock.Mock(side_effect=[0.0, 40.0])
+        clock = mock.Mock(side_effect=[0.0] + [40.0] * 5)
         deadline = waits.Deadline(100, clock=clock)
         self.bs.wait_for_status.return_value = self.vol
         waits.wait_for_status(
@@ -142,3 +142,66 @@ class TestWaitForDelete(base.TestCase):
         bs.wait_for_delete.assert_called_once_with(
             vol, interval=waits.DEFAULT_INTERVAL, wait=7
         )
+
+
+class TestTransientErrors(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.bs, _ = fakes.make_proxies()
+        self.vol = fakes.volume(status='creating')
+        self.done = fakes.volume(id=self.vol.id, status='available')
+
+    def test_dropped_connection_is_ridden_out(self):
+        from keystoneauth1 import exceptions as ks_exc
+
+        self.bs.wait_for_status.side_effect = [
+            ks_exc.ConnectFailure('Remote end closed connection'),
+            sdk_exc.HttpException('bad gateway', http_status=502),
+            self.done,
+        ]
+        result = waits.wait_for_status(
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=60, interval=0,
+        )
+        self.assertIs(self.done, result)
+        self.assertEqual(3, self.bs.wait_for_status.call_count)
+
+    def test_too_many_blips_fail_clearly(self):
+        from keystoneauth1 import exceptions as ks_exc
+
+        self.bs.wait_for_status.side_effect = ks_exc.ConnectFailure('down')
+        exc = self.assertRaises(
+            errors.WaitError,
+            waits.wait_for_status,
+            self.bs, self.vol, 'available', kind='volume',
+            step='create temporary volume', timeout=60, interval=0,
+        )
+        self.assertIn('lost contact with the cloud', str(exc))
+        self.assertIn('create temporary volume', str(exc))
+        self.assertEqual(
+            waits.TRANSIENT_RETRIES + 1, self.bs.wait_for_status.call_count
+        )
+
+    def test_other_errors_are_not_retried(self):
+        self.bs.wait_for_status.side_effect = sdk_exc.HttpException(
+            'forbidden', http_status=403
+        )
+        self.assertRaises(
+            sdk_exc.HttpException,
+            waits.wait_for_status,
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=60, interval=0,
+        )
+        self.assertEqual(1, self.bs.wait_for_status.call_count)
+
+    def test_delete_wait_rides_out_blips(self):
+        from keystoneauth1 import exceptions as ks_exc
+
+        self.bs.wait_for_delete.side_effect = [
+            ks_exc.ConnectFailure('reset'), None,
+        ]
+        waits.wait_for_delete(
+            self.bs, self.vol, kind='volume', step='s', timeout=60,
+            interval=0,
+        )
+        self.assertEqual(2, self.bs.wait_for_delete.call_count)
