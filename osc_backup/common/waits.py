@@ -182,6 +182,18 @@ def wait_for_status(
             f"Timed out before step '{step}': no time left to wait for "
             f"{kind} {res_id} to become '{status}' (raise --timeout)."
         )
+    # Start from the cloud's view: openstacksdk returns at once when the
+    # object in hand already shows ``status`` (e.g. a volume fetched before
+    # its upload started still says 'available').
+    fresh = _refresh(proxy, resource, kind)
+    if fresh is None:
+        raise errors.WaitError(
+            f"Step '{step}' failed: {kind} {res_id} disappeared while "
+            f"waiting for '{status}'."
+        )
+    now = getattr(fresh, 'status', None)
+    if fresh is not resource and isinstance(now, str):
+        resource.status = now  # type: ignore[attr-defined]
     try:
         return _riding_out_blips(  # type: ignore[no-any-return]
             lambda left: proxy.wait_for_status(

@@ -497,7 +497,7 @@ def backup_volume_via_backup(
                 raise
             reporter.step(f'Waiting for volume {label} to be released')
             waits.wait_for_status(
-                bs, bs.get_volume(volume.id), volume.status, kind='volume',
+                bs, volume, volume.status, kind='volume',
                 step='wait for the backed-up volume to be released',
                 timeout=deadline, interval=opts.interval,
             )

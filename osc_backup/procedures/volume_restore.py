@@ -376,15 +376,13 @@ def restore(
                     f'{vol.id}: {exc.details or exc}'
                 ) from exc
             if opts.wait:
-                # refetch: the SDK's wait returns at once when the object
-                # in hand already shows the awaited status
                 vol = waits.wait_for_status(
-                    bs, bs.get_volume(vol.id), 'available', kind='volume',
+                    bs, vol, 'available', kind='volume',
                     step='restore backup', timeout=deadline,
                     interval=opts.interval, failures=VOLUME_FAILURES,
                 )
                 waits.wait_for_status(
-                    bs, bs.get_backup(res.id), 'available', kind='backup',
+                    bs, res, 'available', kind='backup',
                     step='wait for the backup to be released',
                     timeout=deadline, interval=opts.interval,
                 )
@@ -415,7 +413,7 @@ def restore(
             )
             sdk_exc.raise_from_response(response)
             vol = waits.wait_for_status(
-                bs, bs.get_volume(vol.id), 'available', kind='volume',
+                bs, vol, 'available', kind='volume',
                 step='re-image volume', timeout=deadline,
                 interval=opts.interval, failures=VOLUME_FAILURES,
             )

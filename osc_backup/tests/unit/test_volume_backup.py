@@ -117,7 +117,8 @@ class TestBackupPath(BackupTestCase):
         # waited for the backup, then for the volume to be released
         waited = [c.args[0] for c in self.bs.wait_for_status.call_args_list]
         self.assertEqual([self.created, self.vol], waited)
-        # refetched: the SDK returns at once on a stale 'available'
+        # refetched (by the waiting helper): the SDK returns at once on a
+        # stale 'available'
         self.bs.get_volume.assert_called_once_with(self.vol.id)
         self.assertEqual(
             'available',
@@ -258,9 +259,7 @@ class TestBackupPath(BackupTestCase):
             return res
 
         self.bs.wait_for_status.side_effect = wait
-        self.bs.get_backup.side_effect = [
-            self.created, self.created, self.created,
-        ]
+        self.bs.get_backup.side_effect = lambda bid: self.created
         self.bs.wait_for_delete.return_value = None
         exc = self.assertRaises(errors.WaitError, self.run_backup)
         self.assertIn('driver exploded', str(exc))

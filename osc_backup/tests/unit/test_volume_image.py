@@ -43,13 +43,15 @@ class ProcedureTestCase(base.TestCase):
         self.image_proxy.update_image.return_value = self.active
         self.bs.wait_for_status.side_effect = self._bs_wait
         self.image_proxy.wait_for_status.return_value = self.active
-        # Deletions find the resource available, then gone.
-        self.bs.get_volume.side_effect = lambda vid: fakes.volume(
-            id=vid, status='available'
-        )
-        self.bs.get_snapshot.side_effect = lambda sid: fakes.snapshot(
-            id=sid, status='available'
-        )
+        # Lookups return the objects the fake cloud made (so waits see
+        # them); anything else is found 'available'.
+        self.known = {self.snap.id: self.snap, self.tmp_vol.id: self.tmp_vol}
+        self.bs.get_volume.side_effect = lambda vid: self.known.get(
+            vid
+        ) or fakes.volume(id=vid, status='available')
+        self.bs.get_snapshot.side_effect = lambda sid: self.known.get(
+            sid
+        ) or fakes.snapshot(id=sid, status='available')
 
     def useFixture_patch(self, target, **kwargs):
         patcher = mock.patch(target, **kwargs)

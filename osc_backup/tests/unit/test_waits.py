@@ -13,9 +13,11 @@ class TestWaitForStatus(base.TestCase):
         super().setUp()
         self.bs, self.image = fakes.make_proxies()
         self.vol = fakes.volume(status='creating')
+        self.bs.get_volume.return_value = self.vol
 
     def test_success_returns_refreshed_resource(self):
         done = fakes.volume(id=self.vol.id, status='available')
+        self.bs.get_volume.return_value = self.vol
         self.bs.wait_for_status.return_value = done
         result = waits.wait_for_status(
             self.bs, self.vol, 'available', kind='volume', step='s',
@@ -205,3 +207,29 @@ class TestTransientErrors(base.TestCase):
             interval=0,
         )
         self.assertEqual(2, self.bs.wait_for_delete.call_count)
+
+
+class TestFreshStart(base.TestCase):
+    def test_waits_from_the_clouds_view_not_a_stale_object(self):
+        # a volume fetched before its upload still says 'available'
+        bs, _ = fakes.make_proxies()
+        stale = fakes.volume(status='available')
+        now = fakes.volume(id=stale.id, status='uploading')
+        bs.get_volume.return_value = now
+        bs.wait_for_status.return_value = stale
+        waits.wait_for_status(
+            bs, stale, 'available', kind='volume', step='s', timeout=9
+        )
+        waited = bs.wait_for_status.call_args.args[0]
+        self.assertIs(stale, waited)
+        self.assertEqual('uploading', waited.status)
+
+    def test_gone_before_the_wait(self):
+        bs, _ = fakes.make_proxies()
+        bs.get_volume.side_effect = sdk_exc.NotFoundException('gone')
+        exc = self.assertRaises(
+            errors.WaitError, waits.wait_for_status, bs, fakes.volume(),
+            'available', kind='volume', step='s', timeout=9,
+        )
+        self.assertIn('disappeared', str(exc))
+        bs.wait_for_status.assert_not_called()
