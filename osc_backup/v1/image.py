@@ -57,6 +57,8 @@ RESTORE_COLUMNS = (
     'verified',
     'source_image_id',
     'manifest',
+    'encryption_key_id',
+    'previous_encryption_key_id',
     'duration',
 )
 

@@ -145,6 +145,9 @@ class EncryptedVolumeTestCase(base.FunctionalTestCase):
             'on_image_deletion',
             new_image.properties['cinder_encryption_key_deletion_policy'])
         self.assertIn(f'{image_key_id} -> {new_key_id}', stderr)
+        self.assertEqual(new_key_id, restored['encryption_key_id'])
+        self.assertEqual(image_key_id,
+                         restored['previous_encryption_key_id'])
         self.assertEqual(key, self.payload(new_key_id))
 
         # -- and a volume from it: recorded (encrypted) type, same bytes
