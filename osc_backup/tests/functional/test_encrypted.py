@@ -233,3 +233,37 @@ class EncryptedVolumeTestCase(base.FunctionalTestCase):
             new_vol['volume_id']).encryption_key_id
         self.assertEqual(restored_key, new_vol['encryption_key_id'])
         self.assertEqual(key, self.payload(restored_key))
+
+    def test_in_use_encrypted_volume_via_image(self):
+        """Snapshot -> temporary volume -> image: the image's own key is
+        saved and opens the data; the temporaries are gone."""
+        vol = self.create_volume(1, volume_type=LUKS_TYPE)
+        vol_key_id = self.conn.block_storage.get_volume(
+            vol['id']).encryption_key_id
+        key = self.payload(vol_key_id)
+        self.luks_format(self.volume_path(vol['id']), binascii.hexlify(key))
+        original = self.write_random(vol['id'], mib=2, offset_mib=4)
+        self.minicloud('attach', vol['id'])
+        out_dir = os.path.join(self.tmp, 'set')
+        os.mkdir(out_dir)
+        result, stderr = self.backup_cmd(
+            'volume', 'create', '--via-image', '--download', out_dir,
+            vol['id'])
+        self.addCleanup(self.delete_image, result['image_id'])
+        self.assertEqual('crash-consistent', result['consistency'])
+        self.assertIn('Saved key', stderr)
+        data = result['files'][0]
+        self.assertEqual(original, base.sha256_file(data))
+        self.assertNotEqual(vol_key_id, result['encryption_key_id'])
+        with open(data + '.key', 'rb') as f:
+            self.assertEqual(key, f.read())
+        self.assertTrue(self.opens(data, data + '.key.luks-passphrase'))
+        # the temporary snapshot and volume (and with it the key Cinder
+        # cloned for it) are gone
+        left = [v.id for v in self.conn.block_storage.volumes()
+                if (v.metadata or {}).get('osc_backup_source_volume_id')
+                == vol['id']]
+        left += [s.id for s in self.conn.block_storage.snapshots()
+                 if (s.metadata or {}).get('osc_backup_source_volume_id')
+                 == vol['id']]
+        self.assertEqual([], left)
