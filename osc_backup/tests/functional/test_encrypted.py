@@ -150,6 +150,19 @@ class EncryptedVolumeTestCase(base.FunctionalTestCase):
                          restored['previous_encryption_key_id'])
         self.assertEqual(key, self.payload(new_key_id))
 
+        # a set saved by 'backup image save' has no key file: in the same
+        # cloud the recorded secret is copied (a new ID again)
+        plain_dir = os.path.join(self.tmp, 'plain')
+        saved, _ = self.backup_cmd('image', 'save', '--dir', plain_dir,
+                                   result['image_id'])
+        self.assertFalse(os.path.exists(saved['file'] + '.key'))
+        copied, stderr = self.backup_cmd('image', 'restore', saved['file'])
+        self.addCleanup(self.delete_image, copied['image_id'])
+        self.assertIn(f'Barbican secret {image_key_id}', stderr)
+        self.assertNotIn(copied['encryption_key_id'],
+                         (image_key_id, new_key_id))
+        self.assertEqual(key, self.payload(copied['encryption_key_id']))
+
         # -- and a volume from it: recorded (encrypted) type, same bytes
         new_vol, stderr = self.backup_cmd(
             'volume', 'restore', restored['image_id'])
