@@ -155,6 +155,19 @@ def _get_json(km: Any, url: str) -> Any:
 def find_secret(conn: Any, name_or_ref: str) -> dict[str, Any]:
     """A secret's metadata (Barbican's JSON, no payload) by name, ID or
     href, with one clear error."""
+    try:
+        return _find_secret(conn, name_or_ref)
+    except sdk_exc.HttpException as exc:
+        raise errors.BackupError(
+            f"Cannot read secret '{name_or_ref}': {exc.details or exc}"
+        ) from None
+    except sdk_exc.SDKException as exc:  # e.g. no key-manager endpoint
+        raise errors.BackupError(
+            f'Cannot reach the Key Manager service (Barbican): {exc}'
+        ) from None
+
+
+def _find_secret(conn: Any, name_or_ref: str) -> dict[str, Any]:
     km = conn.key_manager
     uuid = secret_uuid(name_or_ref)
     if uuid is not None:
@@ -360,7 +373,11 @@ def save_secret(
         meta, written=written, fetched_as=fetched_as,
         files={written: os.path.basename(file)},
     )
-    write_private(mpath, _json(doc))
+    try:
+        write_private(mpath, _json(doc))
+    except BaseException:
+        os.unlink(file)
+        raise
     saved.file = os.path.abspath(file)
     saved.metadata_file = os.path.abspath(mpath)
     saved.files = [saved.file, saved.metadata_file]

@@ -186,6 +186,26 @@ class TestFind(base.TestCase):
         self.assertIn(UUID, str(exc))
 
 
+class TestFindErrors(base.TestCase):
+    def test_server_error_is_one_clear_error(self):
+        from openstack import exceptions as sdk_exc
+        km = make_km()
+        km.get.side_effect = sdk_exc.HttpException('boom', http_status=500)
+        conn = mock.Mock(key_manager=km)
+        exc = self.assertRaises(
+            errors.BackupError, secrets.find_secret, conn, UUID)
+        self.assertIn('Cannot read secret', str(exc))
+
+    def test_no_key_manager(self):
+        from openstack import exceptions as sdk_exc
+        conn = mock.Mock()
+        type(conn).key_manager = mock.PropertyMock(
+            side_effect=sdk_exc.SDKException('no endpoint'))
+        exc = self.assertRaises(
+            errors.BackupError, secrets.find_secret, conn, UUID)
+        self.assertIn('Barbican', str(exc))
+
+
 class TestSaveSecret(base.TestCase):
     def setUp(self):
         super().setUp()
