@@ -52,6 +52,24 @@ def find_volume(block_storage: Any, name_or_id: str) -> Any:
         ) from None
 
 
+#: volume status -> consistency of a backup taken in that status
+CONSISTENCY = {'available': 'offline', 'in-use': 'crash-consistent'}
+
+
+def backup_consistency(volume: Any) -> str:
+    """The consistency label of a backup of ``volume`` as it is now.
+
+    :raises errors.InvalidInput: the volume is in no state to be backed up.
+    """
+    if volume.status not in CONSISTENCY:
+        raise errors.InvalidInput(
+            f"Volume {volume_label(volume)} is '{volume.status}': only "
+            "'available' or 'in-use' volumes can be backed up; wait until "
+            "it is, or ask the cloud operator if it is stuck."
+        )
+    return CONSISTENCY[volume.status]
+
+
 def volume_label(volume: Any) -> str:
     return f"{volume.id} ({volume.name})" if volume.name else volume.id
 

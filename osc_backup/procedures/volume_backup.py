@@ -92,7 +92,6 @@ MV_AZ = '3.51'
 MV_ENCRYPTION_KEY = '3.64'
 
 #: volume status -> consistency of a backup taken in that status
-CONSISTENCY = volume_image.CONSISTENCY
 CRASH_WARNING = volume_image.CRASH_WARNING
 
 #: Metadata keys recorded on every backup (same as the image properties).
@@ -292,14 +291,7 @@ def preflight(conn: Any, volume: Any, opts: Options) -> str:
     :returns: the consistency label of the backup to be made.
     """
     bs = conn.block_storage
-    status = volume.status
-    label = volumes.volume_label(volume)
-    if status not in CONSISTENCY:
-        raise errors.InvalidInput(
-            f"Volume {label} is '{status}': only 'available' or 'in-use' "
-            "volumes can be backed up; wait until it is, or ask the cloud "
-            "operator if it is stuck."
-        )
+    consistency = volumes.backup_consistency(volume)
     reserved = sorted(k for k in opts.properties if k.startswith(tags.PREFIX))
     if reserved:
         raise errors.InvalidInput(
@@ -320,7 +312,7 @@ def preflight(conn: Any, volume: Any, opts: Options) -> str:
         )
     if opts.timeout <= 0:
         raise errors.InvalidInput('--timeout must be a positive number.')
-    return CONSISTENCY[status]
+    return consistency
 
 
 def _request(

@@ -47,7 +47,7 @@ METHOD = 'image'
 GiB = 1024**3
 
 #: volume status -> consistency of a backup taken in that status
-CONSISTENCY = {'available': 'offline', 'in-use': 'crash-consistent'}
+CONSISTENCY = volumes.CONSISTENCY
 
 DISK_FORMATS = ('raw', 'qcow2', 'vmdk', 'vdi', 'vhd', 'vhdx')
 CONTAINER_FORMATS = ('bare', 'ovf', 'ova', 'docker', 'compressed')
@@ -102,14 +102,9 @@ def preflight(volume: Any, opts: Options) -> str:
     :returns: the consistency label of the backup to be made.
     :raises errors.InvalidInput: with one clear line.
     """
+    consistency = volumes.backup_consistency(volume)
     status = volume.status
     label = volumes.volume_label(volume)
-    if status not in CONSISTENCY:
-        raise errors.InvalidInput(
-            f"Volume {label} is '{status}': only 'available' or 'in-use' "
-            "volumes can be backed up; wait until it is, or ask the cloud "
-            "operator if it is stuck."
-        )
     if opts.disk_format not in DISK_FORMATS:
         raise errors.InvalidInput(
             f"Unsupported disk format '{opts.disk_format}'."
@@ -141,7 +136,7 @@ def preflight(volume: Any, opts: Options) -> str:
         raise errors.InvalidInput('--timeout must be a positive number.')
     if opts.download is not None:
         _check_download_dir(volume, opts)
-    return CONSISTENCY[status]
+    return consistency
 
 
 def _check_download_dir(volume: Any, opts: Options) -> None:
