@@ -24,6 +24,8 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from osc_backup.common import errors
+
 TOOL = 'osc-backup'
 PREFIX = 'osc_backup_'
 
@@ -80,6 +82,16 @@ class Run:
         return (
             f'{_slug(source)}-backup-{utc_stamp(self.started)}'
             f'-{self.run_id[:6]}'
+        )
+
+
+def check_not_reserved(properties: dict[str, str]) -> None:
+    """User properties may not forge osc-backup's own record."""
+    reserved = sorted(k for k in properties if k.startswith(PREFIX))
+    if reserved:
+        raise errors.InvalidInput(
+            f"Property keys starting with '{PREFIX}' are reserved for "
+            f"osc-backup's own record: {', '.join(reserved)}."
         )
 
 

@@ -292,12 +292,7 @@ def preflight(conn: Any, volume: Any, opts: Options) -> str:
     """
     bs = conn.block_storage
     consistency = volumes.backup_consistency(volume)
-    reserved = sorted(k for k in opts.properties if k.startswith(tags.PREFIX))
-    if reserved:
-        raise errors.InvalidInput(
-            f"Property keys starting with '{tags.PREFIX}' are reserved for "
-            f"osc-backup's own record: {', '.join(reserved)}."
-        )
+    tags.check_not_reserved(opts.properties)
     if opts.properties and not supports(bs, MV_METADATA):
         raise errors.InvalidInput(
             f'--os-volume-api-version {MV_METADATA} or greater is required '

@@ -120,12 +120,7 @@ def preflight(volume: Any, opts: Options) -> str:
             f"Volume {label} is encrypted: Cinder uploads encrypted volumes "
             "only as --disk-format raw --container-format bare."
         )
-    reserved = sorted(k for k in opts.properties if k.startswith(tags.PREFIX))
-    if reserved:
-        raise errors.InvalidInput(
-            f"Property keys starting with '{tags.PREFIX}' are reserved for "
-            f"osc-backup's own record: {', '.join(reserved)}."
-        )
+    tags.check_not_reserved(opts.properties)
     if status == 'in-use' and not opts.wait:
         raise errors.InvalidInput(
             f"Volume {label} is in-use: --no-wait is not possible, because "
