@@ -383,11 +383,11 @@ class CreateVolumeBackup(command.ShowOne):
             timeout=parsed_args.timeout,
         )
         if parsed_args.dry_run:
-            result = volume_backup.plan(conn, volume, opts, run)
-            result['steps'] = format_columns.ListColumn(result['steps'])
-            result['method_reason'] = reason
-            columns = (*DRY_RUN_COLUMNS, 'method_reason')
-            return columns, [result[c] for c in columns]
+            return _plan_output(
+                volume_backup.plan(conn, volume, opts, run),
+                reason,
+                (*DRY_RUN_COLUMNS, 'method_reason'),
+            )
         reporter = self.reporter(parsed_args)
         try:
             result = volume_backup.backup_volume_via_backup(
@@ -440,11 +440,11 @@ class CreateVolumeBackup(command.ShowOne):
         # explicit --via-image: output unchanged; automatic: + why
         tail: tuple[str, ...] = ('method_reason',) if reason else ()
         if parsed_args.dry_run:
-            result = volume_image.plan(conn, volume, opts, run)
-            result['steps'] = format_columns.ListColumn(result['steps'])
-            result['method_reason'] = reason
-            columns = DRY_RUN_COLUMNS + tail
-            return columns, [result[c] for c in columns]
+            return _plan_output(
+                volume_image.plan(conn, volume, opts, run),
+                reason,
+                DRY_RUN_COLUMNS + tail,
+            )
         result = volume_image.backup_volume_via_image(
             conn, volume, opts, run=run, reporter=self.reporter(parsed_args)
         )
@@ -452,6 +452,15 @@ class CreateVolumeBackup(command.ShowOne):
         result['files'] = format_columns.ListColumn(result['files'])
         columns = IMAGE_COLUMNS + tail
         return columns, [result.get(c) for c in columns]
+
+
+def _plan_output(
+    result: dict[str, Any], reason: str | None, columns: tuple[str, ...]
+) -> tuple[Sequence[str], Iterable[Any]]:
+    """A ``--dry-run`` plan of either method as ShowOne output."""
+    result['steps'] = format_columns.ListColumn(result['steps'])
+    result['method_reason'] = reason
+    return columns, [result[c] for c in columns]
 
 
 def _given(
