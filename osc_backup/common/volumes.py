@@ -53,7 +53,9 @@ def find_volume(block_storage: Any, name_or_id: str) -> Any:
 
 
 #: volume status -> consistency of a backup taken in that status
-CONSISTENCY = {'available': 'offline', 'in-use': 'crash-consistent'}
+OFFLINE = 'offline'
+CRASH_CONSISTENT = 'crash-consistent'
+CONSISTENCY = {'available': OFFLINE, 'in-use': CRASH_CONSISTENT}
 
 
 def backup_consistency(volume: Any) -> str:

@@ -135,6 +135,9 @@ class Options:
     wait: bool = True
     timeout: float = 3600.0
     interval: float = waits.DEFAULT_INTERVAL
+    #: see volume_image.Options.record and .consistency
+    record: dict[str, str] = field(default_factory=dict)
+    consistency: str | None = None
 
 
 @dataclass
@@ -291,7 +294,9 @@ def preflight(conn: Any, volume: Any, opts: Options) -> str:
     :returns: the consistency label of the backup to be made.
     """
     bs = conn.block_storage
+    # the status check always runs; the caller may know the label better
     consistency = volumes.backup_consistency(volume)
+    consistency = opts.consistency or consistency
     tags.check_not_reserved(opts.properties)
     if opts.properties and not supports(bs, MV_METADATA):
         raise errors.InvalidInput(
@@ -339,6 +344,7 @@ def _request(
         attrs['availability_zone'] = opts.availability_zone
     if supports(bs, MV_METADATA):
         metadata = record_metadata(volume, consistency, run)
+        metadata.update(opts.record)
         metadata.update(opts.properties)
         attrs['metadata'] = metadata
     return attrs, notice
@@ -427,7 +433,7 @@ def backup_volume_via_backup(
     deadline = waits.Deadline(opts.timeout)
     label = volumes.volume_label(volume)
     attrs, notice = _request(conn, volume, opts, run, consistency)
-    if volume.status == 'in-use':
+    if consistency == volumes.CRASH_CONSISTENT:
         reporter.warn(CRASH_WARNING.format(volume=label))
     if notice:
         reporter.note(f'Note: {notice}.')

@@ -94,6 +94,12 @@ class Options:
     interval: float = waits.DEFAULT_INTERVAL
     #: download the active image into this directory (a backup set)
     download: str | None = None
+    #: extra osc_backup_* record keys set by a calling procedure (e.g. the
+    #: server a volume is attached to); never from user input
+    record: dict[str, str] = field(default_factory=dict)
+    #: the caller knows better than the volume status (e.g. the volume of
+    #: a stopped server is 'offline' although it is in-use)
+    consistency: str | None = None
 
 
 def preflight(volume: Any, opts: Options) -> str:
@@ -102,7 +108,9 @@ def preflight(volume: Any, opts: Options) -> str:
     :returns: the consistency label of the backup to be made.
     :raises errors.InvalidInput: with one clear line.
     """
+    # the status check always runs; the caller may know the label better
     consistency = volumes.backup_consistency(volume)
+    consistency = opts.consistency or consistency
     status = volume.status
     label = volumes.volume_label(volume)
     if opts.disk_format not in DISK_FORMATS:
@@ -280,6 +288,7 @@ def _record(
     (Glance answers the upload with 410 Gone and Cinder deletes the image).
     """
     props = record_properties(source, consistency, run)
+    props.update(opts.record)
     props.update(opts.properties)
     if opts.description:
         props['description'] = opts.description
@@ -303,7 +312,7 @@ def backup_volume_via_image(
     deadline = waits.Deadline(opts.timeout)
     name = opts.name or run.default_name(volume.name or volume.id)
     label = volumes.volume_label(volume)
-    if volume.status == 'in-use':
+    if consistency == volumes.CRASH_CONSISTENT:
         reporter.warn(CRASH_WARNING.format(volume=label))
     if volume.is_encrypted:
         reporter.note(

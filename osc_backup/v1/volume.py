@@ -283,6 +283,9 @@ class CreateVolumeBackup(command.ShowOne):
     ) -> tuple[Sequence[str], Iterable[Any]]:
         from osc_backup.common import tags
         from osc_backup.common import volumes
+        from osc_backup.procedures import volume_backup
+        from osc_backup.procedures import volume_choice
+        from osc_backup.procedures import volume_image
 
         conn = self.connection()
         method = parsed_args.method
@@ -318,115 +321,13 @@ class CreateVolumeBackup(command.ShowOne):
 
         volume = volumes.find_volume(conn.block_storage, parsed_args.volume)
         run = tags.Run()
-        reason = _('requested with --via-%s') % method
-        confirmed = True
-        if method == 'auto':
-            method, reason, confirmed = self._choose(
-                conn, volume, parsed_args, image_opts, backup_opts
-            )
-        if method == 'backup':
-            return self._via_backup(
-                conn, volume, run, parsed_args, reason, confirmed
-            )
-        return self._via_image(
-            conn, volume, run, parsed_args,
-            reason if parsed_args.method == 'auto' else None,
-        )
-
-    def _choose(
-        self,
-        conn: Any,
-        volume: Any,
-        parsed_args: argparse.Namespace,
-        image_opts: list[str],
-        backup_opts: list[str],
-    ) -> tuple[str, str, bool]:
-        """The automatic choice: (method, reason, confirmed)."""
-        from osc_backup.procedures import volume_backup
-
-        if image_opts:
-            return (
-                'image',
-                _('%s only apply to the image path') % ', '.join(image_opts),
-                True,
-            )
-        found = volume_backup.detect(
-            conn, volume, parsed_args.availability_zone,
+        choice = volume_choice.choose(
+            conn, volume, method,
+            image_only=image_opts, backup_only=backup_opts,
+            availability_zone=parsed_args.availability_zone,
             probe=not parsed_args.dry_run,
         )
-        if backup_opts and found.method != 'backup':
-            raise exceptions.CommandError(
-                _('%(opts)s need the Cinder backup path, but %(why)s.')
-                % {'opts': ', '.join(backup_opts), 'why': found.reason}
-            )
-        return found.method, found.reason, found.confirmed
-
-    def _via_backup(
-        self,
-        conn: Any,
-        volume: Any,
-        run: Any,
-        parsed_args: argparse.Namespace,
-        reason: str,
-        confirmed: bool,
-    ) -> tuple[Sequence[str], Iterable[Any]]:
-        from osc_backup.procedures import volume_backup
-
-        opts = volume_backup.Options(
-            name=parsed_args.name,
-            description=parsed_args.description,
-            incremental=parsed_args.incremental,
-            container=parsed_args.container,
-            properties=dict(parsed_args.properties or {}),
-            availability_zone=parsed_args.availability_zone,
-            wait=parsed_args.wait,
-            timeout=parsed_args.timeout,
-        )
-        if parsed_args.dry_run:
-            return _plan_output(
-                volume_backup.plan(conn, volume, opts, run),
-                reason,
-                (*DRY_RUN_COLUMNS, 'method_reason'),
-            )
-        reporter = self.reporter(parsed_args)
-        try:
-            result = volume_backup.backup_volume_via_backup(
-                conn, volume, opts, run=run, reporter=reporter,
-                method_reason=reason,
-            )
-        except volume_backup.NoBackupService as exc:
-            if (
-                confirmed
-                or parsed_args.method != 'auto'
-                or _given(parsed_args, BACKUP_ONLY)
-            ):
-                raise exceptions.CommandError(
-                    _('%s Use --via-image to back up to an image instead.')
-                    % exc
-                ) from exc
-            reporter.warn(str(exc))
-            fallback = _(
-                'Cinder has no backup service (it rejected the backup); '
-                'fell back to the image path'
-            )
-            if exc.leftover:
-                fallback += _(
-                    ' (rejected backup record %s left behind)'
-                ) % exc.leftover
-            return self._via_image(conn, volume, run, parsed_args, fallback)
-        return BACKUP_COLUMNS, [result.get(c) for c in BACKUP_COLUMNS]
-
-    def _via_image(
-        self,
-        conn: Any,
-        volume: Any,
-        run: Any,
-        parsed_args: argparse.Namespace,
-        reason: str | None,
-    ) -> tuple[Sequence[str], Iterable[Any]]:
-        from osc_backup.procedures import volume_image
-
-        opts = volume_image.Options(
+        image_options = volume_image.Options(
             name=parsed_args.name,
             description=parsed_args.description,
             disk_format=parsed_args.disk_format,
@@ -437,20 +338,40 @@ class CreateVolumeBackup(command.ShowOne):
             keep_temporary=parsed_args.keep_temporary,
             download=parsed_args.download,
         )
-        # explicit --via-image: output unchanged; automatic: + why
-        tail: tuple[str, ...] = ('method_reason',) if reason else ()
-        if parsed_args.dry_run:
-            return _plan_output(
-                volume_image.plan(conn, volume, opts, run),
-                reason,
-                DRY_RUN_COLUMNS + tail,
-            )
-        result = volume_image.backup_volume_via_image(
-            conn, volume, opts, run=run, reporter=self.reporter(parsed_args)
+        backup_options = volume_backup.Options(
+            name=parsed_args.name,
+            description=parsed_args.description,
+            incremental=parsed_args.incremental,
+            container=parsed_args.container,
+            properties=dict(parsed_args.properties or {}),
+            availability_zone=parsed_args.availability_zone,
+            wait=parsed_args.wait,
+            timeout=parsed_args.timeout,
         )
-        result['method_reason'] = reason
+        # explicit --via-image: output unchanged; otherwise + why
+        reason = None if choice.explicit else choice.reason
+        if parsed_args.dry_run:
+            if choice.method == 'backup':
+                return _plan_output(
+                    volume_backup.plan(conn, volume, backup_options, run),
+                    choice.reason,
+                    (*DRY_RUN_COLUMNS, 'method_reason'),
+                )
+            return _plan_output(
+                volume_image.plan(conn, volume, image_options, run),
+                reason,
+                DRY_RUN_COLUMNS + (('method_reason',) if reason else ()),
+            )
+        result = volume_choice.backup_volume(
+            conn, volume, choice, image_options, backup_options,
+            run=run, reporter=self.reporter(parsed_args),
+        )
+        if result['method'] == 'backup':
+            return BACKUP_COLUMNS, [result.get(c) for c in BACKUP_COLUMNS]
         result['files'] = format_columns.ListColumn(result['files'])
-        columns = IMAGE_COLUMNS + tail
+        columns = IMAGE_COLUMNS + (
+            ('method_reason',) if not choice.explicit else ()
+        )
         return columns, [result.get(c) for c in columns]
 
 
