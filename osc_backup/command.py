@@ -112,3 +112,25 @@ def add_wait_args(parser: argparse.ArgumentParser, what: str) -> None:
         help='Give up when the whole run takes longer than this many '
         'seconds (default: 3600); temporary resources are still removed',
     )
+
+
+def add_method_args(
+    parser: argparse.ArgumentParser, image_help: str, backup_help: str
+) -> None:
+    """--via-image | --via-backup into ``method`` (default 'auto')."""
+    method = parser.add_mutually_exclusive_group()
+    method.add_argument(
+        '--via-image',
+        dest='method',
+        action='store_const',
+        const='image',
+        default='auto',
+        help=image_help,
+    )
+    method.add_argument(
+        '--via-backup',
+        dest='method',
+        action='store_const',
+        const='backup',
+        help=backup_help,
+    )

@@ -91,6 +91,16 @@ class Cleanup:
             Undo(description, action, leftover, remove_command, when)
         )
 
+    def remove_image_on_failure(self, image_proxy: Any, image_id: str) -> None:
+        """An image being made is deleted if the run fails."""
+        self.add(
+            f'delete incomplete image {image_id}',
+            lambda: image_proxy.delete_image(image_id, ignore_missing=True),
+            leftover=f'image {image_id}',
+            remove_command=f'openstack image delete {image_id}',
+            when=PARTIAL,
+        )
+
     @property
     def pending(self) -> list[Undo]:
         return list(self._stack)

@@ -23,6 +23,7 @@ from typing import Any
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
+from osc_backup.common import lookup
 from osc_backup.common import microversion
 from osc_backup.common import waits
 from osc_backup.common.cleanup import Cleanup
@@ -40,16 +41,7 @@ BUSY_VOLUME = ('creating', 'uploading', 'downloading', 'backing-up',
 
 def find_volume(block_storage: Any, name_or_id: str) -> Any:
     """Resolve a volume by name or ID, with one clear error."""
-    try:
-        return block_storage.find_volume(name_or_id, ignore_missing=False)
-    except sdk_exc.DuplicateResource:
-        raise errors.InvalidInput(
-            f"More than one volume is named '{name_or_id}': use its ID."
-        ) from None
-    except sdk_exc.NotFoundException:
-        raise errors.InvalidInput(
-            f"No volume with name or ID '{name_or_id}' found."
-        ) from None
+    return lookup.find(block_storage.find_volume, 'volume', name_or_id)
 
 
 #: volume status -> consistency of a backup taken in that status

@@ -87,7 +87,7 @@ def checksum_path(data_path: str) -> str:
     return data_path + CHECKSUM_SUFFIX
 
 
-def _source(conn: Any) -> dict[str, Any]:
+def source_info(conn: Any) -> dict[str, Any]:
     """Where the image came from, best effort (never fails the backup)."""
     config = getattr(conn, 'config', None)
     source: dict[str, Any] = {
@@ -158,7 +158,7 @@ def build_manifest(
         'glance_record': dict(record),
         #: what osc-backup's volume/server verbs recorded (osc_backup_*)
         'backup': backup,
-        'source': _source(conn),
+        'source': source_info(conn),
     }
     key_id = record.get('cinder_encryption_key_id')
     if key_id:
@@ -418,13 +418,7 @@ def restore_image(
         resp = conn.image.post('/images', json=body)
         _check(resp, 'Creating the image', (201,))
         image_id: str = resp.json()['id']
-        cleanup.add(
-            f'delete incomplete image {image_id}',
-            lambda: conn.image.delete_image(image_id, ignore_missing=True),
-            leftover=f'image {image_id}',
-            remove_command=f'openstack image delete {image_id}',
-            when=PARTIAL,
-        )
+        cleanup.remove_image_on_failure(conn.image, image_id)
         sha256 = hashlib.sha256()
         hashers: list[Any] = [sha256]
         local_algo: Any = None

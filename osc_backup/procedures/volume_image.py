@@ -142,15 +142,9 @@ def preflight(volume: Any, opts: Options) -> str:
     return consistency
 
 
-def _check_download_dir(volume: Any, opts: Options) -> None:
-    from osc_backup import download
-
-    if not opts.wait:
-        raise errors.InvalidInput(
-            '--download needs the image to be active: it cannot be '
-            'combined with --no-wait.'
-        )
-    directory = opts.download or '.'
+def check_directory(download: str | None) -> str:
+    """The --download directory, checked; '.' for an empty value."""
+    directory = download or '.'
     if not os.path.isdir(directory):
         raise errors.InvalidInput(
             f"--download: directory '{directory}' does not exist."
@@ -159,6 +153,18 @@ def _check_download_dir(volume: Any, opts: Options) -> None:
         raise errors.InvalidInput(
             f"--download: directory '{directory}' is not writable."
         )
+    return directory
+
+
+def _check_download_dir(volume: Any, opts: Options) -> None:
+    from osc_backup import download
+
+    if not opts.wait:
+        raise errors.InvalidInput(
+            '--download needs the image to be active: it cannot be '
+            'combined with --no-wait.'
+        )
+    directory = check_directory(opts.download)
     # a raw image is as large as the volume; other formats are smaller
     download.check_free_space(directory, int(volume.size) * GiB)
 
@@ -263,13 +269,7 @@ def _upload(
         container_format=opts.container_format,
     )
     image_id: str = response['image_id']
-    cleanup.add(
-        f'delete incomplete image {image_id}',
-        lambda: conn.image.delete_image(image_id, ignore_missing=True),
-        leftover=f'image {image_id}',
-        remove_command=f'openstack image delete {image_id}',
-        when=PARTIAL,
-    )
+    cleanup.remove_image_on_failure(conn.image, image_id)
     return conn.image.get_image(image_id)
 
 
@@ -403,7 +403,7 @@ def backup_volume_via_image(
     if opts.download is not None:
         # Outside the cleanup guard: the image is a complete backup now; a
         # failed download must not delete it.
-        files = _download(conn, image.id, opts.download, reporter)
+        files = download_image(conn, image.id, opts.download, reporter)
         if key_id:
             files += _save_key(conn, image.id, key_id, files[0], reporter)
         result['files'] = files
@@ -453,7 +453,7 @@ def _save_key(
     return files
 
 
-def _download(
+def download_image(
     conn: Any, image_id: str, directory: str, reporter: Reporter
 ) -> list[str]:
     """Save the image as a backup set; the one download path."""

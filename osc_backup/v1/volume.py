@@ -153,24 +153,13 @@ class CreateVolumeBackup(command.ShowOne):
             metavar='<volume>',
             help=_('Volume to back up (name or ID)'),
         )
-        method = parser.add_mutually_exclusive_group()
-        method.add_argument(
-            '--via-image',
-            dest='method',
-            action='store_const',
-            const='image',
-            default='auto',
-            help=_(
+        command.add_method_args(
+            parser,
+            _(
                 'Back up to a Glance image (upload-to-image; in-use '
                 'volumes through a temporary snapshot and volume)'
             ),
-        )
-        method.add_argument(
-            '--via-backup',
-            dest='method',
-            action='store_const',
-            const='backup',
-            help=_(
+            _(
                 'Back up with the Cinder Backup API (in-use volumes with '
                 'force). Default: --via-backup when the cloud has a working '
                 'backup service, else --via-image'

@@ -5,9 +5,22 @@ from unittest import mock
 from openstack.block_storage import block_storage_service
 from openstack.block_storage.v3 import snapshot as _snapshot
 from openstack.block_storage.v3 import volume as _volume
+from openstack.compute import compute_service
 from openstack.image import image_service
 from openstack.image.v2 import image as _image
 from openstack.test import fakes as sdk_fakes
+
+
+def _unconfigured(proxy):
+    """Calls must be configured explicitly by each test."""
+    for name in dir(proxy):
+        attr = getattr(proxy, name, None)
+        if isinstance(attr, mock.Mock | mock.NonCallableMock):
+            try:
+                attr.side_effect = None
+            except AttributeError:
+                pass
+    return proxy
 
 
 def make_proxies():
@@ -16,16 +29,14 @@ def make_proxies():
         block_storage_service.BlockStorageService, '3'
     )
     image = sdk_fakes.generate_fake_proxy(image_service.ImageService, '2')
-    # Calls must be configured explicitly by each test.
-    for proxy in (bs, image):
-        for name in dir(proxy):
-            attr = getattr(proxy, name, None)
-            if isinstance(attr, mock.Mock | mock.NonCallableMock):
-                try:
-                    attr.side_effect = None
-                except AttributeError:
-                    pass
-    return bs, image
+    return _unconfigured(bs), _unconfigured(image)
+
+
+def make_compute_proxy():
+    """An autospecced compute (v2) proxy."""
+    return _unconfigured(
+        sdk_fakes.generate_fake_proxy(compute_service.ComputeService, '2')
+    )
 
 
 def volume(**attrs):

@@ -49,7 +49,7 @@ class TestViaImage(test_volume_image.ProcedureTestCase):
         tmp = self.useFixture(fixtures.TempDir()).path
         data = os.path.join(tmp, 'img.raw')
         with mock.patch.object(
-            volume_image, '_download',
+            volume_image, 'download_image',
             return_value=[data, data + '.manifest.json', data + '.sha256'],
         ), mock.patch.object(
             secrets, 'save_image_key',
@@ -67,7 +67,7 @@ class TestViaImage(test_volume_image.ProcedureTestCase):
         tmp = self.useFixture(fixtures.TempDir()).path
         data = os.path.join(tmp, 'img.raw')
         with mock.patch.object(
-            volume_image, '_download', return_value=[data],
+            volume_image, 'download_image', return_value=[data],
         ), mock.patch.object(
             secrets, 'save_image_key',
             side_effect=errors.BackupError('403.'),
