@@ -358,7 +358,9 @@ def _chunks(
             yield chunk
 
 
-def _check(resp: Any, what: str, expected: tuple[int, ...]) -> None:
+def check_response(
+    resp: Any, what: str, expected: tuple[int, ...]
+) -> None:
     if resp.status_code not in expected:
         text = (getattr(resp, 'text', '') or '').strip()[:300]
         raise errors.BackupError(
@@ -416,7 +418,7 @@ def restore_image(
             new_key_id = _restore_key(conn, key, body, cleanup, reporter)
         reporter.step(f"Creating image '{body['name']}'")
         resp = conn.image.post('/images', json=body)
-        _check(resp, 'Creating the image', (201,))
+        check_response(resp, 'Creating the image', (201,))
         image_id: str = resp.json()['id']
         cleanup.remove_image_on_failure(conn.image, image_id)
         sha256 = hashlib.sha256()
@@ -435,7 +437,7 @@ def restore_image(
             headers={'Content-Type': 'application/octet-stream'},
             timeout=(30, max(60.0, deadline.remaining())),
         )
-        _check(resp, f'Uploading the data of image {image_id}', (204,))
+        check_response(resp, f'Uploading the data of image {image_id}', (204,))
         if sha256.hexdigest() != want_sha256:
             raise errors.BackupError(
                 f"'{data}' does not match its manifest: sha256 "

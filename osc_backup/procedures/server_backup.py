@@ -564,6 +564,7 @@ def _snapshot_root(
             timeout=deadline, interval=opts.interval,
         )
         cleanup.outcome = f'image {image_id} is active'
+    image = _drop_inherited_record(conn, image, metadata)
     result = {
         'method': METHOD,
         'image_id': image.id,
@@ -581,6 +582,37 @@ def _snapshot_root(
             conn, image.id, opts.download, reporter
         )
     return result
+
+
+def _drop_inherited_record(
+    conn: Any, image: Any, record: dict[str, str]
+) -> Any:
+    """Remove osc_backup_* properties Nova copied from the base image.
+
+    Nova gives a snapshot the properties of the image the server booted
+    from; when that image was itself made by osc-backup (a restored
+    volume image, say), its record (source volume, size...) would describe
+    the wrong thing. Only possible once the image is active.
+    """
+    props = dict(getattr(image, 'properties', None) or {})
+    stale = sorted(
+        k for k in props if k.startswith(tags.PREFIX) and k not in record
+    )
+    if not stale:
+        return image
+    patch = [{'op': 'remove', 'path': f'/{k}'} for k in stale]
+    resp = conn.image.patch(
+        f'/images/{image.id}',
+        data=json.dumps(patch),
+        headers={
+            'Content-Type': 'application/openstack-images-v2.1-json-patch'
+        },
+    )
+    image_sets.check_response(
+        resp, f'Removing inherited properties from image {image.id}',
+        (200,),
+    )
+    return conn.image.get_image(image.id)
 
 
 def artifact(disk: Disk) -> dict[str, Any]:

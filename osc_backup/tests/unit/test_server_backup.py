@@ -441,3 +441,27 @@ class TestBackupServer(ServerTestCase):
         self.assertIn(self.root_image.id, self.err.getvalue())
         self.assertIn('kept (complete)', self.err.getvalue())
         self.image_proxy.delete_image.assert_not_called()
+
+    def test_inherited_record_is_removed(self):
+        # the server booted from an image osc-backup made from a volume
+        self.root_active.properties = {
+            'osc_backup_source_volume_id': 'old-volume',
+            'osc_backup_volume_size_gb': '1',
+            'osc_backup_server_id': 'x',  # ours, rewritten by createImage
+            'hw_disk_bus': 'virtio',
+        }
+        self.image_proxy.patch.return_value = mock.Mock(status_code=200)
+        self.run_backup(server())
+        path, = self.image_proxy.patch.call_args.args
+        self.assertEqual(f'/images/{self.root_image.id}', path)
+        ops = json.loads(self.image_proxy.patch.call_args.kwargs['data'])
+        self.assertEqual(
+            [{'op': 'remove', 'path': '/osc_backup_source_volume_id'},
+             {'op': 'remove', 'path': '/osc_backup_volume_size_gb'}],
+            ops,
+        )
+
+    def test_no_inherited_record_no_patch(self):
+        self.root_active.properties = {'hw_disk_bus': 'virtio'}
+        self.run_backup(server())
+        self.image_proxy.patch.assert_not_called()
