@@ -17,7 +17,7 @@ import time
 
 import testtools
 
-from osc_backup.tests.functional.base import minicloud
+from osc_backup.tests.functional.base import clouds_yaml, minicloud
 
 
 def listening(port):
@@ -38,6 +38,27 @@ def listening(port):
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex(('127.0.0.1', port)) == 0
+
+
+def processes_of(state):
+    """Processes of the cloud: its marker in their environment, or (gunicorn
+    rewrites what /proc shows of it) a process title naming the state dir;
+    not a developer's `tail -f $STATE/log/...`."""
+    marker = ('MINICLOUD_INSTANCE=%s' % state).encode()
+    title = (' %s/]' % state).encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/environ' % pid, 'rb') as f:
+                env = f.read().split(b'\0')
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmd = f.read().replace(b'\0', b' ')
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and (
+                marker in env or title in cmd):
+            found.append('%s %s' % (pid, cmd.decode(errors='replace')))
+    return found
 
 
 class TestMinicloudTeardown(testtools.TestCase):
@@ -78,10 +99,16 @@ class TestMinicloudTeardown(testtools.TestCase):
 
     def test_3_down_leaves_nothing_listening(self):
         ports = [int(p) for p in minicloud('ports', timeout=60).stdout.split()]
-        self.assertIn(5000, ports)
+        # keystone, nova-api, placement, the neutron stub
+        for port in (5000, 8774, 8778, 9696):
+            self.assertIn(port, ports)
+        state = os.path.dirname(clouds_yaml())
         p = minicloud('down', check=False, timeout=900)
         self.assertEqual(0, p.returncode, p.stdout + p.stderr)
         self.assertEqual([], [port for port in ports if listening(port)])
+        # nor any process of the cloud (nova-conductor, -scheduler and
+        # -compute listen on no port)
+        self.assertEqual([], processes_of(state))
         status = minicloud('status', check=False, timeout=120)
         self.assertNotEqual(0, status.returncode)
         self.assertEqual(
