@@ -729,17 +729,45 @@ _NOT_ACTIVE = {
 }
 
 
-def image_record(conn: Any, image_id: str) -> dict[str, Any]:
-    """Glance's JSON for the image, every property included."""
+def _get_record(conn: Any, image_id: str) -> dict[str, Any] | None:
+    """Glance's JSON for the image; None when there is no such image."""
     resp = conn.image.get(f'/images/{image_id}', raise_exc=False)
     if resp.status_code == 404:
-        raise errors.InvalidInput(f'No image with ID {image_id} found.')
+        return None
     if resp.status_code != 200:
         raise errors.BackupError(
             f'Reading image {image_id} failed: HTTP {resp.status_code}'
         )
     record: dict[str, Any] = resp.json()
     return record
+
+
+def image_record(conn: Any, image_id: str) -> dict[str, Any]:
+    """Glance's JSON for the image, every property included."""
+    record = _get_record(conn, image_id)
+    if record is None:
+        raise errors.InvalidInput(f'No image with ID {image_id} found.')
+    return record
+
+
+_UUID = re.compile(
+    r'[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}',
+    re.IGNORECASE,
+)
+
+
+def lookup_image(conn: Any, image: Any) -> dict[str, Any]:
+    """The record of ``image`` (a name, an ID or an Image object).
+
+    An argument shaped like an ID costs one request (the record itself)
+    instead of two (openstacksdk's find, then the record); when no image
+    has that ID it is looked up as a name, as openstacksdk's find does.
+    """
+    if isinstance(image, str) and _UUID.fullmatch(image):
+        record = _get_record(conn, image)
+        if record is not None:
+            return record
+    return image_record(conn, find_image(conn, image))
 
 
 def _resolve_target(
@@ -864,8 +892,8 @@ def save_image(
     started_wall = time.time()
     started = options.clock()
 
-    image_id = find_image(conn, image)
-    record = image_record(conn, image_id)
+    record = lookup_image(conn, image)
+    image_id = str(record['id'])
     status = record.get('status')
     if status != 'active':
         why = _NOT_ACTIVE.get(str(status), 'is not active')

@@ -294,7 +294,37 @@ class TestSave(DownloadTestCase):
         self.conn.image.find_image.assert_called_once_with(
             'db', ignore_missing=False)
 
+    def test_id_costs_one_request(self):
+        # an ID is read directly: no openstacksdk find, one GET of the record
+        self.serve(self.whole())
+        self.save()
+        self.conn.image.find_image.assert_not_called()
+        record_gets = [r for r in self.adapter.request_history
+                       if r.url == f'{ENDPOINT}/images/{IMAGE_ID}']
+        self.assertEqual(1, len(record_gets))
+
+    def test_id_shaped_name_falls_back_to_find(self):
+        # no image has that ID: it is looked up as a name, like the SDK does
+        other = IMAGE_ID.replace('3f2a', '0000')
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{other}', status_code=404)
+        self.serve(self.whole())
+        saved = download.save_image(self.conn, other, self.final,
+                                    options=small_options()[0])
+        self.conn.image.find_image.assert_called_once_with(
+            other, ignore_missing=False)
+        self.assertEqual(IMAGE_ID, saved.image_id)
+
+    def test_record_error_not_hidden(self):
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', status_code=500)
+        e = self.assertRaises(errors.BackupError, self.save)
+        self.assertIn('HTTP 500', str(e))
+        self.conn.image.find_image.assert_not_called()
+
     def test_not_found_and_duplicate(self):
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', status_code=404)
         self.conn.image.find_image.side_effect = sdk_exc.NotFoundException()
         e = self.assertRaises(errors.InvalidInput, self.save)
         self.assertEqual("No image with name or ID '%s' found." % IMAGE_ID,
