@@ -700,18 +700,9 @@ def find_image(conn: Any, image: Any) -> str:
     """The ID of ``image`` (a name, an ID or an Image object)."""
     if not isinstance(image, str):
         return str(image.id)
-    from openstack import exceptions as sdk_exc
+    from osc_backup.common import lookup
 
-    try:
-        return str(conn.image.find_image(image, ignore_missing=False).id)
-    except sdk_exc.DuplicateResource:
-        raise errors.InvalidInput(
-            f"More than one image is named '{image}': use its ID."
-        ) from None
-    except sdk_exc.NotFoundException:
-        raise errors.InvalidInput(
-            f"No image with name or ID '{image}' found."
-        ) from None
+    return str(lookup.find(conn.image.find_image, 'image', image).id)
 
 
 _NOT_ACTIVE = {
