@@ -79,8 +79,9 @@ def choose(
             backup_only=backup_only,
         )
     if image_only:
+        verb = 'needs' if len(image_only) == 1 else 'need'
         return Choice(
-            IMAGE, f'{", ".join(image_only)} only apply to the image path'
+            IMAGE, f'{", ".join(image_only)} {verb} the image path'
         )
     found = volume_backup.detect(
         conn, volume, availability_zone, probe=probe
