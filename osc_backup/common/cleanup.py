@@ -73,6 +73,9 @@ class Cleanup:
         self._stack: list[Undo] = []
         self._saved_handlers: dict[int, Any] = {}
         self._in_cleanup = False
+        #: > 0 while a resource is being created (see creating())
+        self._holding = 0
+        self._held: str | None = None
         #: set by a procedure once its result exists, so that a cleanup
         #: failure after success still tells the user what was made
         self.outcome: str | None = None
@@ -108,6 +111,10 @@ class Cleanup:
     # -- signals ------------------------------------------------------
     def _on_signal(self, signum: int, frame: types.FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self._holding:
+            # raised by creating() once the new resource is registered
+            self._held = name
+            return
         if self._in_cleanup:
             self.reporter.note(
                 f'{name} received during cleanup: finishing cleanup first '
@@ -174,6 +181,25 @@ class Cleanup:
                 f'  (or: openstack backup cleanup --run-id {self.run_id})'
             )
         return '\n'.join(lines)
+
+    @contextlib.contextmanager
+    def creating(self) -> Iterator[None]:
+        """Hold SIGINT/SIGTERM while a resource is created and its undo
+        registered.
+
+        A signal that interrupted the create call after the cloud had
+        made the resource, but before the undo was added, would leave a
+        resource nobody removes. A held signal is raised as
+        :class:`errors.Interrupted` right after the block.
+        """
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+        if not self._holding and self._held:
+            name, self._held = self._held, None
+            raise errors.Interrupted(name)
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[Cleanup]:

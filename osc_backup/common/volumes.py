@@ -18,6 +18,7 @@ their own undo actions, and the deletions those actions perform.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from openstack import exceptions as sdk_exc
@@ -28,6 +29,8 @@ from osc_backup.common import microversion
 from osc_backup.common import waits
 from osc_backup.common.cleanup import Cleanup
 from osc_backup.common.tags import Run
+
+LOG = logging.getLogger(__name__)
 
 #: how long one cleanup step may wait (independent of --timeout, which
 #: may already be spent when cleanup runs)
@@ -68,6 +71,27 @@ def volume_label(volume: Any) -> str:
     return f"{volume.id} ({volume.name})" if volume.name else volume.id
 
 
+def _settle(
+    block_storage: Any, resource: Any, kind: str, step: str,
+    interval: float, failures: list[str],
+) -> Any:
+    """Wait until a resource about to be deleted is no longer busy.
+
+    One that ends in an error state (e.g. a volume made from a snapshot
+    that was deleted meanwhile) is deleted as it is.
+    """
+    try:
+        return waits.wait_for_status(
+            block_storage, resource, 'available', kind=kind, step=step,
+            timeout=CLEANUP_TIMEOUT, interval=interval, failures=failures,
+        )
+    except errors.WaitTimeout:
+        raise
+    except errors.WaitError as exc:
+        LOG.debug('Deleting %s %s as it is: %s', kind, resource.id, exc)
+        return resource
+
+
 def delete_volume(
     block_storage: Any,
     volume_id: str,
@@ -81,10 +105,9 @@ def delete_volume(
     except sdk_exc.NotFoundException:
         return
     if volume.status in BUSY_VOLUME:
-        volume = waits.wait_for_status(
-            block_storage, volume, 'available', kind='volume',
-            step=step, timeout=CLEANUP_TIMEOUT, interval=interval,
-            failures=['error', 'error_restoring', 'error_extending'],
+        volume = _settle(
+            block_storage, volume, 'volume', step, interval,
+            ['error', 'error_restoring', 'error_extending'],
         )
     block_storage.delete_volume(volume, ignore_missing=True)
     waits.wait_for_delete(
@@ -106,11 +129,8 @@ def delete_snapshot(
     except sdk_exc.NotFoundException:
         return
     if snap.status == 'creating':
-        snap = waits.wait_for_status(
-            block_storage, snap, 'available', kind='snapshot',
-            step=step, timeout=CLEANUP_TIMEOUT, interval=interval,
-            failures=['error'],
-        )
+        snap = _settle(block_storage, snap, 'snapshot', step, interval,
+                       ['error'])
     block_storage.delete_snapshot(snap, ignore_missing=True)
     waits.wait_for_delete(
         block_storage, snap, kind='snapshot', step=step,
@@ -138,16 +158,17 @@ def create_temporary_snapshot(
     }
     if force:
         attrs['force'] = True
-    snap = block_storage.create_snapshot(**attrs)
-    cleanup.add(
-        f'delete temporary snapshot {snap.id}',
-        lambda: delete_snapshot(
-            block_storage, snap.id,
-            step='delete temporary snapshot', interval=interval,
-        ),
-        leftover=f'snapshot {snap.id}',
-        remove_command=f'openstack volume snapshot delete {snap.id}',
-    )
+    with cleanup.creating():
+        snap = block_storage.create_snapshot(**attrs)
+        cleanup.add(
+            f'delete temporary snapshot {snap.id}',
+            lambda: delete_snapshot(
+                block_storage, snap.id,
+                step='delete temporary snapshot', interval=interval,
+            ),
+            leftover=f'snapshot {snap.id}',
+            remove_command=f'openstack volume snapshot delete {snap.id}',
+        )
     return waits.wait_for_status(
         block_storage, snap, 'available', kind='snapshot',
         step='create temporary snapshot', timeout=timeout, interval=interval,
@@ -166,22 +187,23 @@ def create_temporary_volume(
 ) -> Any:
     """A temporary volume from ``snapshot``; deletion registered; waits
     until ``available``."""
-    vol = block_storage.create_volume(
-        snapshot_id=snapshot.id,
-        size=source.size,
-        name=run.temporary_name('volume', source.name or source.id),
-        description=f'Temporary volume of osc-backup run {run.run_id}',
-        metadata=run.temporary_metadata(source.id),
-    )
-    cleanup.add(
-        f'delete temporary volume {vol.id}',
-        lambda: delete_volume(
-            block_storage, vol.id,
-            step='delete temporary volume', interval=interval,
-        ),
-        leftover=f'volume {vol.id}',
-        remove_command=f'openstack volume delete {vol.id}',
-    )
+    with cleanup.creating():
+        vol = block_storage.create_volume(
+            snapshot_id=snapshot.id,
+            size=source.size,
+            name=run.temporary_name('volume', source.name or source.id),
+            description=f'Temporary volume of osc-backup run {run.run_id}',
+            metadata=run.temporary_metadata(source.id),
+        )
+        cleanup.add(
+            f'delete temporary volume {vol.id}',
+            lambda: delete_volume(
+                block_storage, vol.id,
+                step='delete temporary volume', interval=interval,
+            ),
+            leftover=f'volume {vol.id}',
+            remove_command=f'openstack volume delete {vol.id}',
+        )
     return waits.wait_for_status(
         block_storage, vol, 'available', kind='volume',
         step='create temporary volume from snapshot', timeout=timeout,

@@ -417,10 +417,11 @@ def restore_image(
         if key is not None:
             new_key_id = _restore_key(conn, key, body, cleanup, reporter)
         reporter.step(f"Creating image '{body['name']}'")
-        resp = conn.image.post('/images', json=body)
-        check_response(resp, 'Creating the image', (201,))
-        image_id: str = resp.json()['id']
-        cleanup.remove_image_on_failure(conn.image, image_id)
+        with cleanup.creating():
+            resp = conn.image.post('/images', json=body)
+            check_response(resp, 'Creating the image', (201,))
+            image_id: str = resp.json()['id']
+            cleanup.remove_image_on_failure(conn.image, image_id)
         sha256 = hashlib.sha256()
         hashers: list[Any] = [sha256]
         local_algo: Any = None
@@ -547,17 +548,19 @@ def _restore_key(
     from osc_backup.procedures import secrets
 
     reporter.step(f'Storing the image key from {key.origin} in Barbican')
-    href = secrets.store_secret(
-        conn, key.payload, key.described, content_type_=key.content_type,
-    )
-    new_id = secrets.secret_uuid(href) or href
-    cleanup.add(
-        f'delete re-stored key {new_id}',
-        lambda: secrets.delete_secret(conn, new_id),
-        leftover=f'secret {new_id}',
-        remove_command=f'openstack secret delete {href}',
-        when=PARTIAL,
-    )
+    with cleanup.creating():
+        href = secrets.store_secret(
+            conn, key.payload, key.described,
+            content_type_=key.content_type,
+        )
+        new_id = secrets.secret_uuid(href) or href
+        cleanup.add(
+            f'delete re-stored key {new_id}',
+            lambda: secrets.delete_secret(conn, new_id),
+            leftover=f'secret {new_id}',
+            remove_command=f'openstack secret delete {href}',
+            when=PARTIAL,
+        )
     body[secrets.IMAGE_KEY_ID] = new_id
     body[secrets.IMAGE_KEY_POLICY] = secrets.ON_IMAGE_DELETION
     reporter.note(

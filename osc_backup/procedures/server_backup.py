@@ -549,14 +549,15 @@ def _snapshot_root(
     )
     with cleanup.guard():
         reporter.step(f'Nova: createImage of server {label} -> {name}')
-        try:
-            image_id = server.create_image(conn.compute, name, metadata)
-        except sdk_exc.HttpException as exc:
-            raise errors.BackupError(
-                f'Nova refused to snapshot server {label}: '
-                f'{exc.details or exc}'
-            ) from exc
-        cleanup.remove_image_on_failure(conn.image, image_id)
+        with cleanup.creating():
+            try:
+                image_id = server.create_image(conn.compute, name, metadata)
+            except sdk_exc.HttpException as exc:
+                raise errors.BackupError(
+                    f'Nova refused to snapshot server {label}: '
+                    f'{exc.details or exc}'
+                ) from exc
+            cleanup.remove_image_on_failure(conn.image, image_id)
         reporter.step(f'Waiting for image {image_id} to become active')
         image = waits.wait_for_status(
             conn.image, conn.image.get_image(image_id), 'active',

@@ -449,31 +449,32 @@ def backup_volume_via_backup(
     rejected = {'id': ''}
     with cleanup.guard():
         reporter.step(f'Creating backup of {label}')
-        try:
-            backup = bs.create_backup(**attrs)
-        except sdk_exc.HttpException as exc:
-            if exc.status_code in (503, 404) and _service_missing(exc):
-                raise NoBackupService(
-                    'Cinder has no backup service that could take the '
-                    f'backup: {API_REJECTION}. Nothing was created.'
+        with cleanup.creating():
+            try:
+                backup = bs.create_backup(**attrs)
+            except sdk_exc.HttpException as exc:
+                if exc.status_code in (503, 404) and _service_missing(exc):
+                    raise NoBackupService(
+                        'Cinder has no backup service that could take the '
+                        f'backup: {API_REJECTION}. Nothing was created.'
+                    ) from exc
+                raise errors.BackupError(
+                    f'Cinder refused the backup of volume {label}: '
+                    f'{exc.details or exc}'
                 ) from exc
-            raise errors.BackupError(
-                f'Cinder refused the backup of volume {label}: '
-                f'{exc.details or exc}'
-            ) from exc
-        backup_id = backup.id
+            backup_id = backup.id
 
-        def undo() -> None:
-            if rejected['id'] != backup_id:
-                _delete_backup(bs, backup_id, opts.interval)
+            def undo() -> None:
+                if rejected['id'] != backup_id:
+                    _delete_backup(bs, backup_id, opts.interval)
 
-        cleanup.add(
-            f'delete incomplete backup {backup_id}',
-            undo,
-            leftover=f'backup {backup_id}',
-            remove_command=f'openstack volume backup delete {backup_id}',
-            when=PARTIAL,
-        )
+            cleanup.add(
+                f'delete incomplete backup {backup_id}',
+                undo,
+                leftover=f'backup {backup_id}',
+                remove_command=f'openstack volume backup delete {backup_id}',
+                when=PARTIAL,
+            )
         if opts.wait:
             reporter.step(f'Waiting for backup {backup_id} to be available')
             try:

@@ -261,15 +261,16 @@ def _upload(
     Returns the new (``queued``) image.
     """
     reporter.step(f'Uploading volume {upload_from.id} to image {name}')
-    response = conn.block_storage.upload_volume_to_image(
-        upload_from,
-        name,
-        force=False,
-        disk_format=opts.disk_format,
-        container_format=opts.container_format,
-    )
-    image_id: str = response['image_id']
-    cleanup.remove_image_on_failure(conn.image, image_id)
+    with cleanup.creating():
+        response = conn.block_storage.upload_volume_to_image(
+            upload_from,
+            name,
+            force=False,
+            disk_format=opts.disk_format,
+            container_format=opts.container_format,
+        )
+        image_id: str = response['image_id']
+        cleanup.remove_image_on_failure(conn.image, image_id)
     return conn.image.get_image(image_id)
 
 

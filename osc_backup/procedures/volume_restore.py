@@ -320,17 +320,18 @@ def _new_volume(
     if opts.availability_zone:
         attrs['availability_zone'] = opts.availability_zone
     attrs.update(extra)
-    vol = bs.create_volume(**attrs)
-    cleanup.add(
-        f'delete incomplete volume {vol.id}',
-        lambda: volumes.delete_volume(
-            bs, vol.id, step='delete incomplete restore target',
-            interval=opts.interval,
-        ),
-        leftover=f'volume {vol.id}',
-        remove_command=f'openstack volume delete {vol.id}',
-        when=PARTIAL,
-    )
+    with cleanup.creating():
+        vol = bs.create_volume(**attrs)
+        cleanup.add(
+            f'delete incomplete volume {vol.id}',
+            lambda: volumes.delete_volume(
+                bs, vol.id, step='delete incomplete restore target',
+                interval=opts.interval,
+            ),
+            leftover=f'volume {vol.id}',
+            remove_command=f'openstack volume delete {vol.id}',
+            when=PARTIAL,
+        )
     return vol
 
 

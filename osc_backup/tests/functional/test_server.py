@@ -10,8 +10,10 @@ comes back out of Glance with the bytes written.
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
+import time
 
 from osc_backup.tests.functional import base
 
@@ -90,8 +92,9 @@ class ServerBackupTestCase(base.FunctionalTestCase):
                 os.unlink(leftover)
         return sha
 
-    def our_leftovers(self):
-        """Temporary snapshots/volumes of osc-backup in the project."""
+    def our_leftovers(self, source=''):
+        """Temporary snapshots/volumes of osc-backup in the project (of
+        the volume named ``source``)."""
         names = [
             v['Name'] or '' for v in self.openstack(
                 'volume list', parse_output=True)
@@ -99,7 +102,8 @@ class ServerBackupTestCase(base.FunctionalTestCase):
             s['Name'] or '' for s in self.openstack(
                 'volume snapshot list', parse_output=True)
         ]
-        return [n for n in names if n.startswith('osc-backup-tmp-')]
+        return [n for n in names
+                if n.startswith('osc-backup-tmp-') and n.endswith(source)]
 
     # ---- tests ----------------------------------------------------------
     def test_image_booted_server_with_a_volume(self):
@@ -184,6 +188,41 @@ class ServerBackupTestCase(base.FunctionalTestCase):
                                    parse_output=True)
         self.assertEqual([], snapshots)
         self.assertEqual([], self.our_leftovers())
+
+    def test_ctrl_c_keeps_and_names_what_is_done(self):
+        image, _sha = self.create_raw_image()
+        server = self.create_server(image=image['id'])
+        vol = self.create_volume(1)
+        self.write_random(vol['id'], mib=256)
+        self.attach(server['id'], vol['id'])
+        argv = [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
+                'server', 'create', '--via-image', server['id']]
+        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        # the root disk is done once the volume's temporary snapshot exists
+        deadline = time.time() + base.WAIT_TIMEOUT
+        while not self.our_leftovers(vol['name']):
+            self.assertIsNone(proc.poll(), 'finished before the signal')
+            self.assertLess(time.time(), deadline, 'no temporary snapshot')
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=600)
+        roots = self.openstack(
+            ['image', 'list', '--property',
+             f"osc_backup_server_id={server['id']}"], parse_output=True)
+        for root in roots:
+            self.addCleanup(self._delete_simple, 'image', root['ID'],
+                            base.MEMBER_CLOUD)
+        self.assertEqual(130, proc.returncode, err)
+        self.assertEqual(1, len(roots), roots)
+        self.assertEqual('active', roots[0]['Status'])
+        self.assertIn('kept (complete)', err)
+        self.assertIn(roots[0]['ID'], err)
+        # the volume's temporaries are gone, and it is attached as before
+        self.assertEqual([], self.our_leftovers(vol['name']), err)
+        self.assertEqual('in-use', self.openstack(
+            ['volume', 'show', vol['id']], parse_output=True)['status'])
 
     def test_bad_input_creates_nothing(self):
         p = self.backup('no-such-server-' + self.unique_name())

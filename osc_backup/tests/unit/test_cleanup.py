@@ -101,6 +101,39 @@ class TestCleanup(base.TestCase):
         self.assertEqual(['vol'], self.calls)
         self.assertEqual(before, signal.getsignal(signal.SIGTERM))
 
+    def test_signal_while_creating_is_held_until_registered(self):
+        c = _cleanup.Cleanup(self.reporter)
+        steps = []
+
+        def body():
+            with c.guard():
+                with c.creating():
+                    # the create call: the cloud has made the resource
+                    os.kill(os.getpid(), signal.SIGINT)
+                    steps.append('created')
+                    self._add(c, 'vol')
+                steps.append('after')
+
+        exc = self.assertRaises(errors.Interrupted, body)
+        self.assertEqual('SIGINT', exc.signame)
+        # registered before the interrupt, so it was removed
+        self.assertEqual(['created'], steps)
+        self.assertEqual(['vol'], self.calls)
+
+    def test_creating_without_signal_changes_nothing(self):
+        c = _cleanup.Cleanup(self.reporter)
+        with c.guard():
+            with c.creating():
+                self._add(c, 'vol')
+        self.assertEqual(['vol'], self.calls)
+        # a later signal is not held any more
+        def body():
+            with c.guard():
+                os.kill(os.getpid(), signal.SIGINT)
+                self.calls.append('not reached')
+        self.assertRaises(errors.Interrupted, body)
+        self.assertEqual(['vol'], self.calls)
+
     def test_signal_during_cleanup_is_ignored(self):
         c = _cleanup.Cleanup(self.reporter)
 

@@ -316,6 +316,30 @@ class TestInUseVolume(ProcedureTestCase):
         self.assertEqual('available', statuses[-1])
         self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
 
+    def test_temporary_volume_that_failed_is_deleted_as_it_is(self):
+        # e.g. interrupted while it was being made from the snapshot
+        self.image_proxy.wait_for_status.side_effect = KeyboardInterrupt()
+        self.bs.get_volume.side_effect = lambda vid: fakes.volume(
+            id=vid, status='creating'
+        )
+
+        seen = []
+
+        def wait(res, status, **kwargs):
+            seen.append(res.id)
+            # made once; in cleanup, it goes to error instead
+            if res.id == self.tmp_vol.id and seen.count(res.id) > 1:
+                raise sdk_exc.ResourceFailure('went to error')
+            res.status = status
+            return res
+
+        self.bs.wait_for_status.side_effect = wait
+        self.assertRaises(
+            KeyboardInterrupt, self.run_backup, fakes.volume(status='in-use')
+        )
+        self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
+        self.assertEqual([self.snap.id], self.deleted_snapshots())
+
     def test_cleanup_failure_names_leftovers(self):
         self.bs.delete_snapshot.side_effect = sdk_exc.HttpException('busy')
         exc = self.assertRaises(
