@@ -224,6 +224,39 @@ class ServerBackupTestCase(base.FunctionalTestCase):
         self.assertEqual('in-use', self.openstack(
             ['volume', 'show', vol['id']], parse_output=True)['status'])
 
+    def test_via_backup_and_restore_of_a_volume(self):
+        image, _sha = self.create_raw_image()
+        server = self.create_server(image=image['id'])
+        vol = self.create_volume(1)
+        vol_sha = self.write_random(vol['id'], mib=8)
+        self.attach(server['id'], vol['id'])
+
+        result, _stderr = self.backup_json(server['id'], '--via-backup')
+
+        root, volume = result['artifacts']
+        self.assertEqual(('root-disk', 'image'),
+                         (root['disk'], root['artifact']))
+        self.assertEqual(('volume', 'backup', 'backup', vol['id']),
+                         (volume['disk'], volume['artifact'],
+                          volume['method'], volume['volume_id']))
+        self.assertEqual('requested with --via-backup',
+                         result['method_reason'])
+        self.addCleanup(self._delete_simple, 'volume backup', volume['id'],
+                        base.MEMBER_CLOUD)
+        record = self.openstack(
+            ['--os-volume-api-version', '3.43', 'volume', 'backup', 'show',
+             volume['id']], parse_output=True)
+        self.assertEqual(server['id'],
+                         record['metadata']['osc_backup_server_id'])
+        self.assertEqual('volume', record['metadata']['osc_backup_server_disk'])
+        # the volume comes back with the bytes it had
+        restored = self.openstack(
+            ['backup', 'volume', 'restore', volume['id']], parse_output=True)
+        self.addCleanup(self._delete_volume, restored['volume_id'],
+                        base.MEMBER_CLOUD)
+        self.assertEqual(vol_sha, self.volume_sha256(restored['volume_id']))
+        self.assertEqual([], self.our_leftovers())
+
     def test_bad_input_creates_nothing(self):
         p = self.backup('no-such-server-' + self.unique_name())
         self.assertEqual(1, p.returncode)
