@@ -56,10 +56,18 @@ Known limit (seen on the minicloud, Cinder 29): cinder-scheduler picks
 backup hosts from the capabilities backup services last *reported* and
 never forgets a service that stopped. The rejection of step 3 therefore
 only happens when no backup service ever reported since the scheduler
-started; a backup service that died afterwards gets the backup cast to it,
+started; a backup service that died afterwards gets the backup cast to it
+(``scheduler/host_manager.py`` fills ``backup_service_states`` from the
+reports, reads it without an ``is_up`` check and never removes an entry),
 and the backup waits in ``creating`` (the volume in ``backing-up``) until
-the service returns or ``--timeout`` ends the run. Only the services API
-(step 1) sees such a service as down.
+the service starts again, which marks it ``error`` and releases the volume
+(``init_host`` cleans up incomplete backups). Only the services API (step
+1) sees such a service as down. A running backup service takes a backup at
+once and sets its availability zone, which every user can see; so a backup
+that nobody has taken after :data:`PICKUP_TIMEOUT` ends the run with
+:class:`NotTaken`, which says what is stuck and what an admin can do,
+instead of a wait until ``--timeout``. No fall-back is possible then: the
+volume stays ``backing-up``.
 
 Plain module: takes an openstacksdk ``Connection``; no cliff.
 """
@@ -113,6 +121,16 @@ API_REJECTION = 'Service cinder-backup could not be found'
 
 BACKUP_FAILURES = ['error', 'error_deleting', 'deleted']
 
+#: A running backup service takes a backup within a second or two (it sets
+#: the backup's availability zone, which every user can see). Cinder's
+#: scheduler may instead have sent it to a backup service that stopped
+#: after it last reported (see "Known limit" above).
+PICKUP_TIMEOUT = 60.0
+
+
+class NotTaken(errors.BackupError):
+    """Cinder sent the backup to a backup service that does not answer."""
+
 
 class NoBackupService(errors.BackupError):
     """Cinder has no backup service that could take the backup."""
@@ -135,6 +153,8 @@ class Options:
     wait: bool = True
     timeout: float = 3600.0
     interval: float = waits.DEFAULT_INTERVAL
+    #: how long a backup may wait for a backup service to take it
+    pickup_timeout: float = PICKUP_TIMEOUT
     #: see volume_image.Options.record and .consistency
     record: dict[str, str] = field(default_factory=dict)
     consistency: str | None = None
@@ -465,8 +485,17 @@ def backup_volume_via_backup(
             backup_id = backup.id
 
             def undo() -> None:
-                if rejected['id'] != backup_id:
-                    _delete_backup(bs, backup_id, opts.interval)
+                if rejected['id'] == backup_id:
+                    return
+                current = _get(bs, backup_id)
+                if current is not None and not _taken(current, opts):
+                    # waiting for it to settle would take until a backup
+                    # service returns
+                    raise errors.BackupError(
+                        'no backup service has taken it; Cinder cannot '
+                        'delete it before one does'
+                    )
+                _delete_backup(bs, backup_id, opts.interval)
 
             cleanup.add(
                 f'delete incomplete backup {backup_id}',
@@ -478,11 +507,10 @@ def backup_volume_via_backup(
         if opts.wait:
             reporter.step(f'Waiting for backup {backup_id} to be available')
             try:
-                backup = waits.wait_for_status(
-                    bs, backup, 'available', kind='backup',
-                    step='create backup', timeout=deadline,
-                    interval=opts.interval, failures=BACKUP_FAILURES,
-                )
+                backup = _wait_available(bs, backup, opts, deadline)
+            except NotTaken:
+                rejected['id'] = backup_id  # cannot be deleted now
+                raise
             except errors.WaitError:
                 current = _get(bs, backup_id)
                 if current is not None and _rejected(current):
@@ -517,6 +545,56 @@ def backup_volume_via_backup(
         'run_id': run.run_id,
         'duration': round(time.monotonic() - started, 1),
     }
+
+
+def _taken(backup: Any, opts: Options) -> bool:
+    """Whether a backup service has taken ``backup`` (as far as we can
+    tell: without --availability-zone, the service sets the zone)."""
+    return bool(
+        opts.availability_zone
+        or backup.status != 'creating'
+        or backup.availability_zone
+    )
+
+
+def _wait_available(
+    bs: Any, backup: Any, opts: Options, deadline: waits.Deadline
+) -> Any:
+    """Wait until the backup is available; first only as long as a backup
+    service needs to take it, to tell a dead service from a slow backup.
+
+    :raises NotTaken: no backup service took the backup in time.
+    """
+    def wait(timeout: float | waits.Deadline) -> Any:
+        return waits.wait_for_status(
+            bs, backup, 'available', kind='backup', step='create backup',
+            timeout=timeout, interval=opts.interval,
+            failures=BACKUP_FAILURES,
+        )
+
+    first = min(opts.pickup_timeout, deadline.remaining())
+    if opts.availability_zone or first >= deadline.remaining():
+        return wait(deadline)
+    try:
+        return wait(first)
+    except errors.WaitTimeout:
+        current = _get(bs, backup.id)
+        if current is None or _taken(current, opts):
+            return wait(deadline)
+    volume_id = backup.volume_id
+    raise NotTaken(
+        f'No Cinder backup service has taken backup {backup.id} in '
+        f'{int(first)} s: Cinder sent it to a backup service that does not '
+        'answer (its scheduler keeps sending backups to a cinder-backup '
+        'that stopped after it last reported, until cinder-scheduler '
+        f'restarts). The backup stays creating and volume {volume_id} '
+        'backing-up until that backup service starts again, which marks '
+        'the backup error and releases the volume; then delete the backup '
+        f"with 'openstack volume backup delete {backup.id}'. A cloud admin "
+        'can release them sooner: openstack volume backup set --state '
+        f'error {backup.id}; openstack volume set --state <available or '
+        f'in-use> {volume_id}.'
+    )
 
 
 def _record_key(

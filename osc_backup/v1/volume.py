@@ -141,9 +141,12 @@ class CreateVolumeBackup(command.ShowOne):
         "runs use that record to decide without creating anything, and "
         "delete it once a service is back. Cinder's scheduler keeps "
         "sending backups to a backup service that stopped after it "
-        "reported; a member's try then waits in 'creating' until that "
-        "service returns or --timeout ends the run: members on such "
-        "clouds should pass --via-image or --via-backup."
+        "reported; such a backup stays 'creating' (its volume "
+        "'backing-up') until that service starts again. When no backup "
+        "service has taken a backup within a minute, the command ends "
+        "with an "
+        "error that says so and what an admin can do. Members of such "
+        "clouds should pass --via-image."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:

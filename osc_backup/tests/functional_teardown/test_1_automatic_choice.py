@@ -2,6 +2,8 @@
 stopped: disturbs the cloud, so it runs in the serial suite, after the
 parallel functional tests and before the `down` check."""
 
+import re
+import subprocess
 import time
 
 from osc_backup.tests.functional import base
@@ -16,7 +18,10 @@ class TestAutomaticChoice(VolumeBackupTestCase):
     hosts from the capabilities the backup services last reported and never
     drops a stopped one, so a member's backup attempt would wait in
     'creating' (volume 'backing-up') until the service returns instead of
-    being rejected. Only the services API sees the service down.
+    being rejected. Only the services API sees the service down; the
+    member's try ends after a minute with an error that says so, and the
+    service, started again, marks that backup error and releases the
+    volume.
     """
 
     def backup_services(self):
@@ -54,8 +59,30 @@ class TestAutomaticChoice(VolumeBackupTestCase):
             self.minicloud('stop', 'cinder-backup')
             self.wait_backup_state('down')
             stopped = self.backup(vol['id'], cloud=base.ADMIN_CLOUD)
+            # a member cannot see that: its try is sent to the dead service
+            began = time.monotonic()
+            member = subprocess.run(
+                [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
+                 'volume', 'create', vol['id']],
+                env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
+                text=True, timeout=600)
+            took = time.monotonic() - began
         finally:
             self.minicloud('start', 'cinder-backup')
+        self.assertEqual(1, member.returncode, member.stderr)
+        self.assertIn('No Cinder backup service has taken backup',
+                      member.stderr)
+        self.assertIn(f"volume {vol['id']} backing-up", member.stderr)
+        self.assertLess(took, 150)
+        stuck = re.search(r'taken backup (\S+) in', member.stderr).group(1)
+        self.addCleanup(self._delete_backup, stuck)
+        self.assertIn(f'openstack volume backup delete {stuck}',
+                      member.stderr)
+        # as the message says: the service, started again, marks the backup
+        # error and releases the volume (cleanup deletes the backup)
+        self.wait_for_status('volume backup', stuck, 'error',
+                             failures=('available',))
+        self.wait_for_status('volume', vol['id'], 'available')
         self.assertEqual('image', stopped['method'])
         self.assertIn('services API', stopped['method_reason'])
         self.assertIn('no enabled cinder-backup service is up',

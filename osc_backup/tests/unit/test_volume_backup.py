@@ -284,6 +284,77 @@ class TestBackupPath(BackupTestCase):
         self.bs.wait_for_delete.assert_called_once()
 
 
+class TestPickup(BackupTestCase):
+    """A backup no backup service takes (Cinder's scheduler sent it to a
+    cinder-backup that stopped after it last reported)."""
+
+    def setUp(self):
+        super().setUp()
+        self.waits = []
+
+        def wait(res, status, **kwargs):
+            if res is self.created and status == 'available':
+                self.waits.append(kwargs['wait'])
+                if len(self.waits) <= self.slow_waits:
+                    raise sdk_exc.ResourceTimeout('slow')
+            res.status = status
+            return res
+
+        self.slow_waits = 1
+        self.bs.wait_for_status.side_effect = wait
+        self.current = backup(
+            id=self.created.id, status='creating', availability_zone=None,
+            volume_id=self.vol.id,
+        )
+        self.bs.get_backup.side_effect = lambda bid: self.current
+
+    def test_not_taken_stops_and_keeps_the_record(self):
+        self.slow_waits = 99
+        exc = self.assertRaises(
+            volume_backup.NotTaken, self.run_backup, pickup_timeout=5
+        )
+        text = str(exc)
+        self.assertIn(f'taken backup {self.created.id} in 5 s', text)
+        self.assertIn(f'volume {self.vol.id} backing-up', text)
+        self.assertIn(
+            f'openstack volume backup set --state error {self.created.id}',
+            text,
+        )
+        self.assertEqual(1, len(self.waits))
+        self.assertLessEqual(self.waits[0], 5)
+        # it cannot be deleted before a service takes it: not even tried
+        self.bs.delete_backup.assert_not_called()
+
+    def test_taken_but_slow_keeps_waiting(self):
+        self.current.availability_zone = 'nova'  # a service took it
+        result = self.run_backup(pickup_timeout=5)
+        self.assertEqual('available', result['status'])
+        self.assertEqual(2, len(self.waits))
+        self.assertGreater(self.waits[1], 5)
+
+    def test_zone_given_no_pickup_phase(self):
+        self.slow_waits = 0
+        self.run_backup(availability_zone='nova', pickup_timeout=5)
+        self.assertEqual(1, len(self.waits))
+        self.assertGreater(self.waits[0], 5)
+
+    def test_interrupt_before_taken_names_the_record(self):
+        self.slow_waits = 0
+
+        def wait(res, status, **kwargs):
+            if res is self.created:
+                raise KeyboardInterrupt()
+            return res
+
+        self.bs.wait_for_status.side_effect = wait
+        self.assertRaises(KeyboardInterrupt, self.run_backup)
+        self.bs.delete_backup.assert_not_called()
+        self.assertIn(
+            f'openstack volume backup delete {self.created.id}',
+            self.err.getvalue(),
+        )
+
+
 class TestPlan(BackupTestCase):
     def test_plan_changes_nothing(self):
         vol = fakes.volume(status='in-use', name='db', size=2)
