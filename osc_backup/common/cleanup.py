@@ -190,16 +190,17 @@ class Cleanup:
         A signal that interrupted the create call after the cloud had
         made the resource, but before the undo was added, would leave a
         resource nobody removes. A held signal is raised as
-        :class:`errors.Interrupted` right after the block.
+        :class:`errors.Interrupted` right after the block, also when the
+        block failed (the user's interrupt wins over a fall-back).
         """
         self._holding += 1
         try:
             yield
         finally:
             self._holding -= 1
-        if not self._holding and self._held:
-            name, self._held = self._held, None
-            raise errors.Interrupted(name)
+            if not self._holding and self._held:
+                name, self._held = self._held, None
+                raise errors.Interrupted(name)
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[Cleanup]:

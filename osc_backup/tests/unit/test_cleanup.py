@@ -120,6 +120,19 @@ class TestCleanup(base.TestCase):
         self.assertEqual(['created'], steps)
         self.assertEqual(['vol'], self.calls)
 
+    def test_signal_held_while_create_fails_still_interrupts(self):
+        c = _cleanup.Cleanup(self.reporter)
+
+        def body():
+            with c.guard():
+                with c.creating():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    raise errors.BackupError('no backup service')
+
+        exc = self.assertRaises(errors.Interrupted, body)
+        self.assertEqual('SIGTERM', exc.signame)
+        self.assertIsInstance(exc.__context__, errors.BackupError)
+
     def test_creating_without_signal_changes_nothing(self):
         c = _cleanup.Cleanup(self.reporter)
         with c.guard():
