@@ -144,9 +144,8 @@ class CreateVolumeBackup(command.ShowOne):
         "reported; such a backup stays 'creating' (its volume "
         "'backing-up') until that service starts again. When no backup "
         "service has taken a backup within a minute, the command ends "
-        "with an "
-        "error that says so and what an admin can do. Members of such "
-        "clouds should pass --via-image."
+        "with an error that says so and what an admin can do. Members of "
+        "such clouds should pass --via-image."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
