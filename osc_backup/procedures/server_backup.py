@@ -526,12 +526,7 @@ def _snapshot_root(
     label = server_label(server)
     name = root_image_name(server, opts, run)
     metadata = {
-        tags.KEY_TOOL: tags.TOOL,
-        volume_image.PROP_METHOD: METHOD,
-        volume_image.PROP_CONSISTENCY: plan.consistency,
-        volume_image.PROP_RUN_ID: run.run_id,
-        volume_image.PROP_VERSION: tags.tool_version(),
-        volume_image.PROP_CREATED: run.started.isoformat(timespec='seconds'),
+        **volume_image.base_record(METHOD, plan.consistency, run),
         PROP_FLAVOR: _flavor_name(server),
         **disk_record(server, disk),
         **opts.properties,

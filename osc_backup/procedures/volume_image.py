@@ -169,23 +169,32 @@ def _check_download_dir(volume: Any, opts: Options) -> None:
     download.check_free_space(directory, int(volume.size) * GiB)
 
 
+def base_record(
+    method: str, consistency: str, run: tags.Run
+) -> dict[str, str]:
+    """The record keys every backup artifact carries, whatever its source."""
+    return {
+        PROP_TOOL: tags.TOOL,
+        PROP_METHOD: method,
+        PROP_CONSISTENCY: consistency,
+        PROP_RUN_ID: run.run_id,
+        PROP_VERSION: tags.tool_version(),
+        PROP_CREATED: run.started.isoformat(timespec='seconds'),
+    }
+
+
 def record_properties(
     volume: Any, consistency: str, run: tags.Run
 ) -> dict[str, str]:
     """What a restore and a catalog need, as image properties."""
     return {
-        PROP_TOOL: tags.TOOL,
-        PROP_METHOD: METHOD,
+        **base_record(METHOD, consistency, run),
         PROP_SOURCE_ID: volume.id,
         PROP_SOURCE_NAME: volume.name or '',
         PROP_VOLUME_TYPE: volume.volume_type or '',
         PROP_SIZE: str(volume.size),
         PROP_BOOTABLE: str(bool(volume.is_bootable)).lower(),
         PROP_ENCRYPTED: str(bool(volume.is_encrypted)).lower(),
-        PROP_CONSISTENCY: consistency,
-        PROP_RUN_ID: run.run_id,
-        PROP_VERSION: tags.tool_version(),
-        PROP_CREATED: run.started.isoformat(timespec='seconds'),
     }
 
 
