@@ -349,14 +349,15 @@ def prepare(
             '--download <directory> to get copies of the volumes out of '
             'the cloud.'
         )
-    if _backup_only(opts) and opts.method == volume_choice.IMAGE:
+    backup_only = _backup_only(opts)
+    if backup_only and opts.method == volume_choice.IMAGE:
         raise errors.InvalidInput(
-            f'{", ".join(_backup_only(opts))} only apply to the Cinder '
+            f'{", ".join(backup_only)} only apply to the Cinder '
             'backup path (--via-backup).'
         )
-    if _backup_only(opts) and opts.download is not None:
+    if backup_only and opts.download is not None:
         raise errors.InvalidInput(
-            f'{", ".join(_backup_only(opts))} only apply to the Cinder '
+            f'{", ".join(backup_only)} only apply to the Cinder '
             'backup path and --download only to the image path: they '
             'cannot be combined.'
         )
@@ -446,7 +447,7 @@ def prepare(
         if first is None:
             first = volume_choice.choose(
                 conn, disk.volume, opts.method, image_only=image_only,
-                backup_only=_backup_only(opts), probe=probe,
+                backup_only=backup_only, probe=probe,
             )
         # one decision for the whole server; a fall-back updates it
         disk.choice = first
@@ -779,12 +780,13 @@ def backup_server(
             reporter.note(message)  # Ctrl-C: the interrupt goes on
         raise
     duration = round(time.monotonic() - started, 1)
-    manifest = build_manifest(conn, plan, run, duration=duration)
     files: list[str] = []
     for disk in plan.disks:
         files += disk.result.get('files') or []
     if plan.manifest:
-        write_manifest(plan.manifest, manifest)
+        write_manifest(
+            plan.manifest, build_manifest(conn, plan, run, duration=duration)
+        )
         files.append(plan.manifest)
     return {
         'server_id': server.id,
