@@ -104,6 +104,11 @@ def add_wait_args(parser: argparse.ArgumentParser, what: str) -> None:
         help='Return as soon as the cloud has accepted the request, where '
         'the procedure allows it (see the command description)',
     )
+    add_timeout_arg(parser)
+
+
+def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
+    """--timeout, for verbs that always wait (and inside add_wait_args)."""
     parser.add_argument(
         '--timeout',
         metavar='<seconds>',

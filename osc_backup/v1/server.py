@@ -160,17 +160,7 @@ class CreateServerBackup(command.ShowOne):
                 'none)'
             ),
         )
-        parser.add_argument(
-            '--timeout',
-            metavar='<seconds>',
-            type=command.positive_float,
-            default=3600.0,
-            help=_(
-                'Give up when the whole run takes longer than this many '
-                'seconds (default: 3600); temporary resources are still '
-                'removed'
-            ),
-        )
+        command.add_timeout_arg(parser)
         parser.add_argument(
             '--keep-temporary',
             action='store_true',
