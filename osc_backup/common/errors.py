@@ -44,3 +44,12 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signame: str) -> None:
         super().__init__(signame)
         self.signame = signame
+
+
+def check_response(resp: object, what: str, expected: tuple[int, ...]) -> None:
+    """Raise :class:`BackupError` (``<what> failed: HTTP <status> <text>``)
+    unless the raw HTTP response's status is one of ``expected``."""
+    status = getattr(resp, 'status_code', None)
+    if status not in expected:
+        text = (getattr(resp, 'text', '') or '').strip()[:300]
+        raise BackupError(f'{what} failed: HTTP {status} {text}'.rstrip())

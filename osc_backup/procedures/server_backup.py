@@ -50,6 +50,7 @@ from typing import Any
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as sdk_exc
 
+from osc_backup.common import backup_set
 from osc_backup.common import errors
 from osc_backup.common import lookup
 from osc_backup.common import tags
@@ -57,7 +58,6 @@ from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.common.cleanup import Cleanup
 from osc_backup.common.progress import Reporter
-from osc_backup.procedures import image_sets
 from osc_backup.procedures import volume_backup
 from osc_backup.procedures import volume_choice
 from osc_backup.procedures import volume_image
@@ -464,9 +464,7 @@ def prepare(
             else int(flavor.get('disk') or 0) * GiB
             for d in disks
         )
-        from osc_backup import download
-
-        download.check_free_space(opts.download or '.', needed)
+        backup_set.check_free_space(opts.download or '.', needed)
         if manifest is None:
             manifest = os.path.join(
                 opts.download or '.',
@@ -605,7 +603,7 @@ def _drop_inherited_record(
             'Content-Type': 'application/openstack-images-v2.1-json-patch'
         },
     )
-    image_sets.check_response(
+    errors.check_response(
         resp, f'Removing inherited properties from image {image.id}',
         (200,),
     )
@@ -676,7 +674,7 @@ def build_manifest(
         'run_id': run.run_id,
         'created_at': run.started.isoformat(timespec='seconds'),
         'duration': duration,
-        'source': image_sets.source_info(conn),
+        'source': backup_set.source_info(conn),
         'server': {
             'id': server.id,
             'name': server.name,
@@ -714,7 +712,7 @@ def build_manifest(
 
 def write_manifest(path: str, manifest: dict[str, Any]) -> None:
     data = json.dumps(manifest, indent=2, sort_keys=True, default=str)
-    image_sets.write_atomic(path, (data + '\n').encode())
+    backup_set.write_atomic(path, (data + '\n').encode())
 
 
 def backup_server(

@@ -33,6 +33,7 @@ from typing import Any
 
 from openstack import exceptions as sdk_exc
 
+from osc_backup.common import backup_set
 from osc_backup.common import errors
 from osc_backup.common import microversion
 from osc_backup.common import tags
@@ -40,6 +41,7 @@ from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.common.cleanup import PARTIAL, Cleanup
 from osc_backup.common.progress import Reporter
+from osc_backup.procedures import image_save
 from osc_backup.procedures import secrets
 
 METHOD = 'image'
@@ -157,8 +159,6 @@ def check_directory(download: str | None) -> str:
 
 
 def _check_download_dir(volume: Any, opts: Options) -> None:
-    from osc_backup import download
-
     if not opts.wait:
         raise errors.InvalidInput(
             '--download needs the image to be active: it cannot be '
@@ -166,7 +166,7 @@ def _check_download_dir(volume: Any, opts: Options) -> None:
         )
     directory = check_directory(opts.download)
     # a raw image is as large as the volume; other formats are smaller
-    download.check_free_space(directory, int(volume.size) * GiB)
+    backup_set.check_free_space(directory, int(volume.size) * GiB)
 
 
 def base_record(
@@ -467,11 +467,9 @@ def download_image(
     conn: Any, image_id: str, directory: str, reporter: Reporter
 ) -> list[str]:
     """Save the image as a backup set; the one download path."""
-    from osc_backup import download
-
     reporter.step(f'Downloading image {image_id} into {directory}')
     try:
-        saved = download.save_image(
+        saved = image_save.save_image(
             conn, image_id, directory, reporter=reporter
         )
     except errors.BackupError as exc:

@@ -156,13 +156,14 @@ class SaveImage(command.ShowOne):
     def backup_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[Sequence[str], Iterable[Any]]:
-        from osc_backup import download
+        from osc_backup.common import transfer
+        from osc_backup.procedures import image_save
 
         if parsed_args.file:
             target, as_file = parsed_args.file, True
         else:
             target, as_file = parsed_args.dir or '.', False
-        saved = download.save_image(
+        saved = image_save.save_image(
             self.connection(),
             parsed_args.image,
             target,
@@ -172,7 +173,7 @@ class SaveImage(command.ShowOne):
             resume=parsed_args.resume,
             allow_unverified=parsed_args.allow_unverified,
             reporter=self.reporter(parsed_args),
-            options=download.TransferOptions(retries=parsed_args.retries),
+            options=transfer.TransferOptions(retries=parsed_args.retries),
         )
         row = {
             'image_id': saved.image_id,
@@ -187,7 +188,7 @@ class SaveImage(command.ShowOne):
             'resumed_from': saved.resumed_from,
             'retries': saved.retries,
             'duration': round(saved.duration, 1),
-            'throughput_mib_s': round(saved.throughput / download.MiB, 1),
+            'throughput_mib_s': round(saved.throughput / transfer.MiB, 1),
         }
         return SAVE_COLUMNS, [row[c] for c in SAVE_COLUMNS]
 
@@ -246,9 +247,9 @@ class RestoreImage(command.ShowOne):
     ) -> tuple[Sequence[str], Iterable[Any]]:
         from dataclasses import asdict
 
-        from osc_backup.procedures import image_sets
+        from osc_backup.procedures import image_restore
 
-        restored = image_sets.restore_image(
+        restored = image_restore.restore_image(
             self.connection(),
             parsed_args.source,
             name=parsed_args.name,

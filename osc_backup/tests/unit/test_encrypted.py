@@ -11,7 +11,8 @@ from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common.cleanup import Cleanup
 from osc_backup.common.progress import Reporter
-from osc_backup.procedures import image_sets
+from osc_backup.common import backup_set
+from osc_backup.procedures import image_restore
 from osc_backup.procedures import secrets
 from osc_backup.procedures import volume_backup
 from osc_backup.procedures import volume_image
@@ -56,7 +57,7 @@ class TestViaImage(test_volume_image.ProcedureTestCase):
             return_value=[data + '.key', data + '.key.luks-passphrase',
                           data + '.key.metadata.json'],
         ) as save_key, mock.patch(
-            'osc_backup.download.check_free_space'):
+            'osc_backup.common.backup_set.check_free_space'):
             result = self.backup(download=tmp)
         save_key.assert_called_once_with(self.conn, OLD_KEY, data)
         self.assertEqual(6, len(result['files']))
@@ -71,7 +72,7 @@ class TestViaImage(test_volume_image.ProcedureTestCase):
         ), mock.patch.object(
             secrets, 'save_image_key',
             side_effect=errors.BackupError('403.'),
-        ), mock.patch('osc_backup.download.check_free_space'):
+        ), mock.patch('osc_backup.common.backup_set.check_free_space'):
             exc = self.assertRaises(
                 errors.BackupError, self.backup, download=tmp)
         self.assertIn('active and downloaded', str(exc))
@@ -133,19 +134,19 @@ class TestImageSetKey(base.TestCase):
         self.reporter = Reporter(stream=self.err, progress=False)
 
     def test_not_encrypted(self):
-        self.assertIsNone(image_sets._key_to_restore(
+        self.assertIsNone(image_restore._key_to_restore(
             self.conn, {'glance_record': {}}, self.data, {}))
 
     def test_from_key_file(self):
         secrets.save_image_key(self.conn, OLD_KEY, self.data)
         self.fake.km.get.reset_mock()
-        key = image_sets._key_to_restore(
+        key = image_restore._key_to_restore(
             self.conn, self.manifest, self.data, {})
         self.assertEqual(test_secret.KEY, key.payload)
         self.fake.km.get.assert_not_called()
         body = {secrets.IMAGE_KEY_ID: OLD_KEY}
         cleanup = Cleanup(self.reporter)
-        new = image_sets._restore_key(
+        new = image_restore._restore_key(
             self.conn, key, body, cleanup, self.reporter)
         self.assertEqual(NEW_KEY, new)
         self.assertEqual(NEW_KEY, body[secrets.IMAGE_KEY_ID])
@@ -158,7 +159,7 @@ class TestImageSetKey(base.TestCase):
             NEW_KEY, ignore_missing=True)
 
     def test_copied_from_barbican_without_file(self):
-        key = image_sets._key_to_restore(
+        key = image_restore._key_to_restore(
             self.conn, self.manifest, self.data, {})
         self.assertEqual(test_secret.KEY, key.payload)
         self.assertIn('Barbican secret', key.origin)
@@ -171,26 +172,26 @@ class TestImageSetKey(base.TestCase):
             side_effect=sdk_exc.NotFoundException('gone'),
         ):
             exc = self.assertRaises(
-                errors.InvalidInput, image_sets._key_to_restore,
+                errors.InvalidInput, image_restore._key_to_restore,
                 self.conn, self.manifest, self.data, {})
         self.assertIn('useless', str(exc))
         self.fake.km.post.assert_not_called()
 
     def test_property_override_skips(self):
-        self.assertIsNone(image_sets._key_to_restore(
+        self.assertIsNone(image_restore._key_to_restore(
             self.conn, self.manifest, self.data,
             {secrets.IMAGE_KEY_ID: 'other'}))
 
     def test_manifest_records_key(self):
         conn = mock.Mock()
-        manifest = image_sets.build_manifest(
+        manifest = backup_set.build_manifest(
             conn, {'id': 'i', secrets.IMAGE_KEY_ID: OLD_KEY},
             data_file='img.raw', size=1, hash_algo=None, hash_value=None,
             sha256='0' * 64, started=0.0, finished=1.0)
         self.assertEqual(
             OLD_KEY, manifest['encryption']['cinder_encryption_key_id'])
         self.assertEqual('img.raw.key', manifest['encryption']['key_file'])
-        plain = image_sets.build_manifest(
+        plain = backup_set.build_manifest(
             conn, {'id': 'i'}, data_file='img.raw', size=1, hash_algo=None,
             hash_value=None, sha256='0' * 64, started=0.0, finished=1.0)
         self.assertNotIn('encryption', plain)

@@ -299,7 +299,7 @@ class TestPrepare(ServerTestCase):
             self.assertTrue(plan.manifest.startswith(d))
             self.assertTrue(plan.manifest.endswith('.server.json'))
             with mock.patch(
-                'osc_backup.download.check_free_space',
+                'osc_backup.common.backup_set.check_free_space',
                 side_effect=errors.InvalidInput('Not enough free space'),
             ):
                 self.assertRaises(

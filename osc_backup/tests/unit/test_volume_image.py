@@ -427,7 +427,7 @@ class TestDownload(ProcedureTestCase):
 
         self.dir = tempfile.mkdtemp()
         self.addCleanup(__import__('shutil').rmtree, self.dir)
-        self.save = self.useFixture_patch('osc_backup.download.save_image')
+        self.save = self.useFixture_patch('osc_backup.procedures.image_save.save_image')
         self.save.return_value.files = ['a.raw', 'a.json', 'a.sha256']
 
     def test_download_after_active_and_cleanup(self):

@@ -2,9 +2,10 @@ from unittest import mock
 
 from osc_lib import exceptions
 
-from osc_backup import download
 from osc_backup.common import errors
-from osc_backup.procedures import image_sets
+from osc_backup.common import transfer
+from osc_backup.procedures import image_restore
+from osc_backup.procedures import image_save
 from osc_backup.tests.unit import base
 from osc_backup.v1 import image as image_cmd
 
@@ -13,20 +14,20 @@ def saved(**over):
     values = dict(
         image_id='img-1', name='db', file='/b/db-img1.raw',
         manifest='/b/db-img1.raw.manifest.json',
-        checksum_file='/b/db-img1.raw.sha256', size=3 * download.MiB,
+        checksum_file='/b/db-img1.raw.sha256', size=3 * transfer.MiB,
         hash_algo='sha512', hash_value='a' * 128, sha256='b' * 64,
         resumed_from=0, retries=1, duration=1.234,
-        throughput=3 * download.MiB / 1.234,
+        throughput=3 * transfer.MiB / 1.234,
     )
     values.update(over)
-    return download.SavedImage(**values)
+    return image_save.SavedImage(**values)
 
 
 class TestSaveImage(base.TestCommand):
     def setUp(self):
         super().setUp()
         self.cmd = image_cmd.SaveImage(self.app, None)
-        patcher = mock.patch.object(download, 'save_image',
+        patcher = mock.patch.object(image_save, 'save_image',
                                     return_value=saved())
         self.save = patcher.start()
         self.addCleanup(patcher.stop)
@@ -95,7 +96,7 @@ class TestSaveImage(base.TestCommand):
         self.assertFalse(kwargs['as_file'])
 
     def test_errors_become_command_errors(self):
-        self.save.side_effect = download.HashMismatch('did not verify')
+        self.save.side_effect = image_save.HashMismatch('did not verify')
         parsed = self.check_parser(self.cmd, ['db'], [])
         e = self.assertRaises(exceptions.CommandError, self.cmd.take_action,
                               parsed)
@@ -107,8 +108,8 @@ class TestRestoreImage(base.TestCommand):
         super().setUp()
         self.cmd = image_cmd.RestoreImage(self.app, None)
         patcher = mock.patch.object(
-            image_sets, 'restore_image',
-            return_value=image_sets.RestoredImage(
+            image_restore, 'restore_image',
+            return_value=image_restore.RestoredImage(
                 image_id='new', name='db', status='active', size=5,
                 disk_format='raw', container_format='bare',
                 os_hash_algo='sha512', os_hash_value='a' * 128,

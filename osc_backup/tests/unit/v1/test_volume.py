@@ -330,7 +330,7 @@ class TestCreateVolumeBackupViaBackup(base.TestCommand):
         self.assertIn('method_reason', columns)
         self.block_storage.upload_volume_to_image.assert_not_called()
 
-    @mock.patch('osc_backup.download.save_image')
+    @mock.patch('osc_backup.procedures.image_save.save_image')
     def test_download_with_image_path(self, save):
         import tempfile
 

@@ -10,18 +10,14 @@
 #   License for the specific language governing permissions and limitations
 #   under the License.
 
-"""Image backup sets: the manifest format and the restore procedure.
+"""``backup image restore``: a backup set back into Glance.
 
-A backup set is three files side by side::
-
-    db-data-3f2a9c1b.raw                 the image data, verified
-    db-data-3f2a9c1b.raw.manifest.json   what the image was (see below)
-    db-data-3f2a9c1b.raw.sha256          "sha256sum -c" checks both
-
-The manifest records Glance's own view of the image (every property, as
-``GET /v2/images/{id}`` returned it), the hashes, where it came from and
-which osc-backup wrote it, so the set can be restored into any cloud
-without the original. :func:`restore_image` uploads it back.
+The recorded formats and properties are restored (those Glance owns are
+left out); the data is checked against its manifest while it is uploaded
+and the hash Glance computes against the recorded one. The key of an
+encrypted volume's image is stored again in Barbican and the image
+re-linked to it. The set format itself is
+:mod:`osc_backup.common.backup_set`.
 
 Plain module: takes an openstacksdk ``Connection``; no cliff.
 """
@@ -29,24 +25,18 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from osc_backup.common import backup_set
 from osc_backup.common import errors
-from osc_backup.common import tags
 from osc_backup.common import waits
 from osc_backup.common.cleanup import PARTIAL, Cleanup
 from osc_backup.common.progress import NullReporter, Reporter
-
-FORMAT = 'osc-backup-image-set'
-FORMAT_VERSION = 1
-
-MANIFEST_SUFFIX = '.manifest.json'
-CHECKSUM_SUFFIX = '.sha256'
+from osc_backup.procedures import secrets
 
 #: Image attributes Glance owns or computes: never sent back on restore.
 GLANCE_OWNED = frozenset(
@@ -77,220 +67,6 @@ GLANCE_OWNED = frozenset(
 GLANCE_OWNED_PREFIXES = ('os_glance_',)
 
 UPLOAD_BLOCK = 4 * 1024 * 1024
-
-
-def manifest_path(data_path: str) -> str:
-    return data_path + MANIFEST_SUFFIX
-
-
-def checksum_path(data_path: str) -> str:
-    return data_path + CHECKSUM_SUFFIX
-
-
-def source_info(conn: Any) -> dict[str, Any]:
-    """Where the image came from, best effort (never fails the backup)."""
-    config = getattr(conn, 'config', None)
-    source: dict[str, Any] = {
-        'cloud': getattr(config, 'name', None),
-        'region': getattr(config, 'region_name', None),
-    }
-    try:
-        source['project_id'] = conn.current_project_id
-    except Exception:  # an unusual auth type must not fail a backup
-        source['project_id'] = None
-    try:
-        source['auth_url'] = config.auth.get('auth_url')  # type: ignore
-    except Exception:
-        source['auth_url'] = None
-    return source
-
-
-def build_manifest(
-    conn: Any,
-    record: Mapping[str, Any],
-    *,
-    data_file: str,
-    size: int,
-    hash_algo: str | None,
-    hash_value: str | None,
-    sha256: str,
-    started: float,
-    finished: float,
-) -> dict[str, Any]:
-    """The manifest of a verified download of ``record`` (Glance's JSON)."""
-    backup = {
-        k: v for k, v in record.items() if k.startswith(tags.PREFIX)
-    }
-    manifest = {
-        'format': FORMAT,
-        'format_version': FORMAT_VERSION,
-        'tool': tags.TOOL,
-        'tool_version': tags.tool_version(),
-        'saved_at': _iso(finished),
-        'download_started_at': _iso(started),
-        'data': {
-            'file': data_file,
-            'size': size,
-            'sha256': sha256,
-            'verified_algo': hash_algo,
-            'verified_value': hash_value,
-        },
-        'image': {
-            'id': record.get('id'),
-            'name': record.get('name'),
-            'disk_format': record.get('disk_format'),
-            'container_format': record.get('container_format'),
-            'size': record.get('size'),
-            'virtual_size': record.get('virtual_size'),
-            'min_disk': record.get('min_disk'),
-            'min_ram': record.get('min_ram'),
-            'checksum': record.get('checksum'),
-            'os_hash_algo': record.get('os_hash_algo'),
-            'os_hash_value': record.get('os_hash_value'),
-            'visibility': record.get('visibility'),
-            'protected': record.get('protected'),
-            'tags': list(record.get('tags') or []),
-            'created_at': record.get('created_at'),
-            'updated_at': record.get('updated_at'),
-            'owner': record.get('owner'),
-        },
-        #: the image exactly as Glance returned it: all properties
-        'glance_record': dict(record),
-        #: what osc-backup's volume/server verbs recorded (osc_backup_*)
-        'backup': backup,
-        'source': source_info(conn),
-    }
-    key_id = record.get('cinder_encryption_key_id')
-    if key_id:
-        # an encrypted volume's image: LUKS data, useless without the key
-        # (saved next to the data by 'backup volume create --download')
-        manifest['encryption'] = {
-            'format': 'luks',
-            'cinder_encryption_key_id': key_id,
-            'cinder_encryption_key_deletion_policy': record.get(
-                'cinder_encryption_key_deletion_policy'
-            ),
-            'key_file': data_file + '.key',
-            'passphrase_file': data_file + '.key.luks-passphrase',
-            'passphrase': 'binascii.hexlify(key), as os-brick',
-        }
-    return manifest
-
-
-def _iso(epoch: float) -> str:
-    import datetime
-
-    return (
-        datetime.datetime.fromtimestamp(epoch, datetime.UTC)
-        .isoformat(timespec='seconds')
-        .replace('+00:00', 'Z')
-    )
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``path`` through a temporary name, fsync, rename, fsync dir."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(
-        directory, f'.{os.path.basename(path)}.{os.getpid()}.tmp'
-    )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(directory)
-
-
-def fsync_dir(directory: str) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def write_set(
-    data_path: str, manifest: Mapping[str, Any]
-) -> tuple[str, str]:
-    """Write the manifest and the checksum file next to ``data_path``.
-
-    The checksum file is written last: a set with a checksum file is
-    complete. :returns: (manifest path, checksum file path)
-    """
-    mpath = manifest_path(data_path)
-    cpath = checksum_path(data_path)
-    blob = (json.dumps(manifest, indent=2, sort_keys=True) + '\n').encode()
-    write_atomic(mpath, blob)
-    lines = (
-        f"{manifest['data']['sha256']}  {os.path.basename(data_path)}\n"
-        f'{hashlib.sha256(blob).hexdigest()}  {os.path.basename(mpath)}\n'
-    )
-    write_atomic(cpath, lines.encode())
-    return mpath, cpath
-
-
-def load_manifest(path: str) -> tuple[dict[str, Any], str, str]:
-    """Read a backup set from its manifest or its data file.
-
-    :returns: (manifest, manifest path, data file path)
-    :raises errors.InvalidInput: with one clear line.
-    """
-    path = os.path.abspath(path)
-    if path.endswith(MANIFEST_SUFFIX):
-        mpath = path
-    elif os.path.exists(manifest_path(path)):
-        mpath = manifest_path(path)
-    else:
-        raise errors.InvalidInput(
-            f"'{path}' is neither a manifest ({MANIFEST_SUFFIX}) nor a data "
-            f"file with a manifest next to it ({manifest_path(path)})."
-        )
-    try:
-        with open(mpath, encoding='utf-8') as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise errors.InvalidInput(f"No such manifest: '{mpath}'.") from None
-    except (OSError, ValueError) as exc:
-        raise errors.InvalidInput(
-            f"Cannot read manifest '{mpath}': {exc}"
-        ) from None
-    if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
-        raise errors.InvalidInput(
-            f"'{mpath}' is not an osc-backup image manifest."
-        )
-    if int(manifest.get('format_version', 0)) > FORMAT_VERSION:
-        raise errors.InvalidInput(
-            f"'{mpath}' has manifest format version "
-            f"{manifest.get('format_version')}, newer than this osc-backup "
-            f'understands ({FORMAT_VERSION}): upgrade osc-backup.'
-        )
-    data = os.path.join(
-        os.path.dirname(os.path.abspath(mpath)), manifest['data']['file']
-    )
-    return manifest, mpath, data
-
-
-# -- restore --------------------------------------------------------------
-
 
 @dataclass
 class RestoredImage:
@@ -358,15 +134,6 @@ def _chunks(
             yield chunk
 
 
-def check_response(
-    resp: Any, what: str, expected: tuple[int, ...]
-) -> None:
-    if resp.status_code not in expected:
-        text = (getattr(resp, 'text', '') or '').strip()[:300]
-        raise errors.BackupError(
-            f'{what} failed: HTTP {resp.status_code} {text}'.rstrip()
-        )
-
 
 def restore_image(
     conn: Any,
@@ -389,7 +156,7 @@ def restore_image(
     """
     reporter = reporter or NullReporter()
     started = clock()
-    manifest, mpath, data = load_manifest(source)
+    manifest, mpath, data = backup_set.load_manifest(source)
     if not os.path.isfile(data):
         raise errors.InvalidInput(
             f"The data file of '{mpath}' is missing: '{data}'."
@@ -419,7 +186,7 @@ def restore_image(
         reporter.step(f"Creating image '{body['name']}'")
         with cleanup.creating():
             resp = conn.image.post('/images', json=body)
-            check_response(resp, 'Creating the image', (201,))
+            errors.check_response(resp, 'Creating the image', (201,))
             image_id: str = resp.json()['id']
             cleanup.remove_image_on_failure(conn.image, image_id)
         sha256 = hashlib.sha256()
@@ -438,7 +205,9 @@ def restore_image(
             headers={'Content-Type': 'application/octet-stream'},
             timeout=(30, max(60.0, deadline.remaining())),
         )
-        check_response(resp, f'Uploading the data of image {image_id}', (204,))
+        errors.check_response(
+            resp, f'Uploading the data of image {image_id}', (204,)
+        )
         if sha256.hexdigest() != want_sha256:
             raise errors.BackupError(
                 f"'{data}' does not match its manifest: sha256 "
@@ -489,8 +258,6 @@ class _Key:
 
 def encryption_key_id(manifest: Mapping[str, Any]) -> str | None:
     """The Barbican key ID recorded for an encrypted volume's image."""
-    from osc_backup.procedures import secrets
-
     record = manifest.get('glance_record') or {}
     value = record.get(secrets.IMAGE_KEY_ID)
     return str(value) if value else None
@@ -506,8 +273,6 @@ def _key_to_restore(
     the key file saved with the set, else (same cloud) the recorded
     secret, copied. ``--property cinder_encryption_key_id=...`` opts out.
     """
-    from osc_backup.procedures import secrets
-
     old_id = encryption_key_id(manifest)
     if not old_id or secrets.IMAGE_KEY_ID in properties:
         return None
@@ -545,8 +310,6 @@ def _restore_key(
     reporter: Reporter,
 ) -> str:
     """Store the key as a new secret; point the image body at it."""
-    from osc_backup.procedures import secrets
-
     reporter.step(f'Storing the image key from {key.origin} in Barbican')
     with cleanup.creating():
         href = secrets.store_secret(

@@ -10,18 +10,17 @@
 #   License for the specific language governing permissions and limitations
 #   under the License.
 
-"""The one download path: a Glance image -> a verified local backup set.
+"""The one HTTP transfer: a URL's body -> a local file, verified.
 
-:func:`save_image` is what every verb calls. It guarantees that a file
-under the final name is complete and verified:
+:func:`receive` streams a response body into an open file descriptor and
+checks it against the hash and size expected; it knows nothing of images,
+backup sets or cliff (callers name the file, decide what to do on a
+mismatch and rename it into place):
 
-* the data goes to a hidden temporary name in the target folder
-  (``.<name>.part``, with a ``.part.json`` sidecar naming the image and
-  its hash); it is fsynced and renamed only after the hash Glance recorded
-  (``os_hash_algo``/``os_hash_value``, else the md5 ``checksum``) matched;
-* a run that stops half-way leaves the partial file; the next run for the
-  same image (same ID and hash) re-hashes it and continues with an HTTP
-  ``Range`` request (Glance answers ``206``; a ``200`` restarts cleanly);
+* a transfer that starts at ``offset > 0`` (a partial file from an earlier
+  run) first re-hashes the bytes already there, then continues with an
+  HTTP ``Range`` request (``206``; a ``200`` restarts cleanly from byte 0);
+  when the whole does not verify it is received once more from byte 0;
 * transient errors (connection reset, short body, 5xx) are retried with a
   bounded exponential backoff, continuing where the data stopped.
 
@@ -31,7 +30,7 @@ algorithm and one writer consume each buffer concurrently (hashlib and
 ``os.pwrite`` release the GIL on large buffers). The writer starts the
 kernel's writeback every few MiB (``sync_file_range``) so the final
 ``fsync`` is short, and drops written pages from the page cache. Peak
-memory is the buffer pool, whatever the image size.
+memory is the buffer pool, whatever the size of the body.
 """
 
 from __future__ import annotations
@@ -40,10 +39,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import hashlib
 import http.client
-import json
 import logging
 import mmap
 import os
@@ -51,15 +48,12 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from osc_backup.common import errors
-from osc_backup.common import tags
-from osc_backup.common.cleanup import Cleanup
-from osc_backup.common.progress import NullReporter, Reporter
-from osc_backup.procedures import image_sets
+from osc_backup.common.progress import Reporter
 
 LOG = logging.getLogger(__name__)
 
@@ -67,13 +61,6 @@ MiB = 1024 * 1024
 
 #: Status codes worth retrying (besides connection errors).
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-PART_SUFFIX = '.part'
-STATE_SUFFIX = '.part.json'
-INVALID_SUFFIX = '.unverified'
-
-#: Free space kept in reserve besides the data (manifest, checksum file).
-SPACE_MARGIN = 1 * MiB
 
 
 @dataclass
@@ -104,42 +91,36 @@ class TransferOptions:
     clock: Callable[[], float] = time.monotonic
 
 
-@dataclass
-class SavedImage:
-    """The result of :func:`save_image`."""
-
-    image_id: str
-    name: str | None
-    file: str
-    manifest: str
-    checksum_file: str
-    size: int
-    hash_algo: str | None
-    hash_value: str | None
-    sha256: str
-    #: bytes already on disk from an earlier run (0: a fresh download)
-    resumed_from: int
-    #: transient errors retried in this run
-    retries: int
-    #: seconds for the whole run
-    duration: float
-    #: bytes received in this run per second of the run
-    throughput: float
-
-    @property
-    def files(self) -> list[str]:
-        return [self.file, self.manifest, self.checksum_file]
-
-
 class HashMismatch(errors.BackupError):
-    """The downloaded data does not match the hash Glance recorded."""
+    """The received data does not match the hash expected."""
+
+    def __init__(self, message: str, got: str = '') -> None:
+        super().__init__(message)
+        #: what arrived (e.g. ``sha512 <hex>``, ``N bytes, expected M``)
+        self.got = got
 
 
 @dataclass
-class _Expected:
+class Expected:
+    """What the data must be; ``algorithm`` None: nothing to verify."""
+
     algorithm: str | None
     value: str | None
     size: int | None
+
+
+@dataclass
+class Received:
+    """What :func:`receive` did."""
+
+    #: hex digest of every algorithm asked for, over the whole file
+    digests: dict[str, str]
+    #: bytes already in the file that verified with the rest (0: none)
+    resumed_from: int
+    #: transient errors retried
+    retries: int
+    #: bytes received from the network
+    received: int
 
 
 # -- small OS helpers ------------------------------------------------------
@@ -621,188 +602,6 @@ class _Transfer:
                 return
 
 
-# -- naming and state ------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    return re.sub(r'[^A-Za-z0-9_.-]+', '-', text).strip('-.')[:80] or 'image'
-
-
-def default_filename(record: Mapping[str, Any]) -> str:
-    """``<name>-<first 8 of ID>.<disk format>`` (container format when not
-    bare)."""
-    image_id = str(record['id'])
-    name = record.get('name') or image_id
-    container = record.get('container_format')
-    ext = (
-        record.get('disk_format') or 'img'
-        if container in (None, 'bare')
-        else container
-    )
-    return f'{_slug(str(name))}-{image_id[:8]}.{ext}'
-
-
-def _part_paths(final: str) -> tuple[str, str]:
-    directory, base = os.path.split(final)
-    part = os.path.join(directory, f'.{base}{PART_SUFFIX}')
-    state = os.path.join(directory, f'.{base}{STATE_SUFFIX}')
-    return part, state
-
-
-def _state(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        'tool': tags.TOOL,
-        'image_id': record.get('id'),
-        'os_hash_algo': record.get('os_hash_algo'),
-        'os_hash_value': record.get('os_hash_value'),
-        'checksum': record.get('checksum'),
-        'size': record.get('size'),
-    }
-
-
-def _read_state(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding='utf-8') as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def expected_hash(
-    record: Mapping[str, Any], *, allow_unverified: bool = False
-) -> _Expected:
-    """Which hash to verify: os_hash_algo/os_hash_value, else md5."""
-    size = record.get('size')
-    algo = record.get('os_hash_algo')
-    value = record.get('os_hash_value')
-    if algo and value:
-        try:
-            hashlib.new(algo)
-            return _Expected(algo, value, size)
-        except ValueError:
-            LOG.debug('hash algorithm %s not available here', algo)
-    if record.get('checksum'):
-        return _Expected('md5', record['checksum'], size)
-    if allow_unverified:
-        return _Expected(None, None, size)
-    raise errors.InvalidInput(
-        f"Image {record.get('id')} has no hash this tool can verify "
-        f'(os_hash_algo={algo!r}, no md5 checksum); pass '
-        '--allow-unverified to download it anyway.'
-    )
-
-
-# -- the public entry point ------------------------------------------------
-
-
-def find_image(conn: Any, image: Any) -> str:
-    """The ID of ``image`` (a name, an ID or an Image object)."""
-    if not isinstance(image, str):
-        return str(image.id)
-    from osc_backup.common import lookup
-
-    return str(lookup.find(conn.image.find_image, 'image', image).id)
-
-
-_NOT_ACTIVE = {
-    'queued': 'has no data yet',
-    'saving': 'is still being uploaded; wait until it is active',
-    'uploading': 'is still being uploaded; wait until it is active',
-    'importing': 'is still being imported; wait until it is active',
-    'deactivated': (
-        'is deactivated: its data cannot be downloaded until an '
-        'administrator reactivates it'
-    ),
-    'killed': 'failed to upload and has no usable data',
-    'pending_delete': 'is being deleted',
-    'deleted': 'is deleted',
-}
-
-
-def _get_record(conn: Any, image_id: str) -> dict[str, Any] | None:
-    """Glance's JSON for the image; None when there is no such image."""
-    resp = conn.image.get(f'/images/{image_id}', raise_exc=False)
-    if resp.status_code == 404:
-        return None
-    if resp.status_code != 200:
-        raise errors.BackupError(
-            f'Reading image {image_id} failed: HTTP {resp.status_code}'
-        )
-    record: dict[str, Any] = resp.json()
-    return record
-
-
-def image_record(conn: Any, image_id: str) -> dict[str, Any]:
-    """Glance's JSON for the image, every property included."""
-    record = _get_record(conn, image_id)
-    if record is None:
-        raise errors.InvalidInput(f'No image with ID {image_id} found.')
-    return record
-
-
-_UUID = re.compile(
-    r'[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}',
-    re.IGNORECASE,
-)
-
-
-def lookup_image(conn: Any, image: Any) -> dict[str, Any]:
-    """The record of ``image`` (a name, an ID or an Image object).
-
-    An argument shaped like an ID costs one request (the record itself)
-    instead of two (openstacksdk's find, then the record); when no image
-    has that ID it is looked up as a name, as openstacksdk's find does.
-    """
-    if isinstance(image, str) and _UUID.fullmatch(image):
-        record = _get_record(conn, image)
-        if record is not None:
-            return record
-    return image_record(conn, find_image(conn, image))
-
-
-def _resolve_target(
-    target: str | os.PathLike[str], as_file: bool | None, record: Any
-) -> str:
-    path = os.fspath(target)
-    if as_file is None:
-        as_file = not os.path.isdir(path)
-    if not as_file:
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise errors.InvalidInput(
-                f"Cannot create directory '{path}': {exc.strerror}."
-            ) from None
-        path = os.path.join(path, default_filename(record))
-    path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise errors.InvalidInput(f"Directory '{directory}' does not exist.")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise errors.InvalidInput(f"Directory '{directory}' is not writable.")
-    return path
-
-
-def check_free_space(directory: str, needed: int) -> None:
-    """Refuse to start when ``needed`` bytes will not fit."""
-    st = os.statvfs(directory)
-    free = st.f_bavail * st.f_frsize
-    if needed + SPACE_MARGIN > free:
-        raise errors.InvalidInput(
-            f"Not enough free space in '{directory}': the download needs "
-            f'{_human(needed)}, {_human(free)} are available.'
-        )
-
-
-def _human(n: float) -> str:
-    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-        if abs(n) < 1024 or unit == 'TiB':
-            return f'{n:.1f} {unit}' if unit != 'B' else f'{int(n)} B'
-        n /= 1024
-    return f'{n} B'  # pragma: no cover
-
-
 def _hash_prefix(pipeline: _Pipeline, fd: int, length: int) -> None:
     """Feed the first ``length`` bytes of the file to the hashers."""
     pos = 0
@@ -845,279 +644,80 @@ def _progress_bar(
         bar.close()
 
 
-def save_image(
-    conn: Any,
-    image: Any,
-    target: str | os.PathLike[str] = '.',
-    *,
-    as_file: bool | None = None,
-    overwrite: bool = False,
-    keep_partial: bool = False,
-    resume: bool = True,
-    allow_unverified: bool = False,
-    reporter: Reporter | None = None,
-    options: TransferOptions | None = None,
-) -> SavedImage:
-    """Download ``image`` into a verified backup set; see the module doc.
-
-    :param conn: an openstacksdk Connection.
-    :param image: name, ID or ``openstack.image.v2.image.Image``.
-    :param target: a directory (the file is named after the image) or,
-        with ``as_file=True`` or when it is not an existing directory, the
-        data file's path. The manifest and checksum file go next to it.
-    :param overwrite: replace an existing backup set of that name.
-    :param keep_partial: on a hash mismatch keep the data as
-        ``<file>.unverified`` instead of deleting it.
-    :param resume: continue a partial download of the same image (same ID
-        and hash) left by an earlier run.
-    :param allow_unverified: download an image that has no hash at all.
-    :raises errors.InvalidInput: nothing was downloaded (bad image, no
-        space, the file exists...).
-    :raises HashMismatch: the data did not verify; nothing is left under
-        the final name.
-    :raises errors.BackupError: the download failed; a partial file is
-        kept for the next run to resume.
-    """
-    reporter = reporter or NullReporter()
-    options = options or TransferOptions()
-    started_wall = time.time()
-    started = options.clock()
-
-    record = lookup_image(conn, image)
-    image_id = str(record['id'])
-    status = record.get('status')
-    if status != 'active':
-        why = _NOT_ACTIVE.get(str(status), 'is not active')
-        raise errors.InvalidInput(
-            f"Image {image_id} is '{status}': it {why}. Only 'active' "
-            'images can be saved.'
-        )
-    expected = expected_hash(record, allow_unverified=allow_unverified)
-    final = _resolve_target(target, as_file, record)
-    directory = os.path.dirname(final)
-    set_files = [
-        final,
-        image_sets.manifest_path(final),
-        image_sets.checksum_path(final),
-    ]
-    if not overwrite:
-        existing = [p for p in set_files if os.path.lexists(p)]
-        if existing:
-            raise errors.InvalidInput(
-                f"'{existing[0]}' already exists: pass --overwrite to "
-                'replace it, or choose another --file/--dir.'
-            )
-    part, state_path = _part_paths(final)
-
-    # open (or create) the partial file and lock it against a second run
-    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise errors.InvalidInput(
-                f"Another download is writing '{part}'."
-            ) from None
-        offset = 0
-        state = _state(record)
-        if resume and _read_state(state_path) == state:
-            offset = os.fstat(fd).st_size
-            if expected.size is not None and offset > expected.size:
-                offset = 0
-            elif expected.size is None or offset < expected.size:
-                # continue on a block boundary, so O_DIRECT stays usable
-                offset -= offset % DIRECT_ALIGN
-        if expected.size is not None:
-            try:
-                check_free_space(directory, expected.size - offset)
-            except errors.InvalidInput:
-                if offset == 0:
-                    _remove(part, state_path)
-                raise
-        if offset == 0:
-            os.ftruncate(fd, 0)
-            image_sets.write_atomic(
-                state_path, json.dumps(state).encode()
-            )
-        result = _download(
-            conn,
-            image_id,
-            record,
-            fd,
-            offset,
-            expected,
-            final=final,
-            part=part,
-            state_path=state_path,
-            keep_partial=keep_partial,
-            reporter=reporter,
-            options=options,
-        )
-    finally:
-        os.close(fd)
-    digests, resumed_from, retries, received = result
-
-    manifest = image_sets.build_manifest(
-        conn,
-        record,
-        data_file=os.path.basename(final),
-        size=os.path.getsize(final),
-        hash_algo=expected.algorithm,
-        hash_value=expected.value,
-        sha256=digests['sha256'],
-        started=started_wall,
-        finished=time.time(),
-    )
-    mpath, cpath = image_sets.write_set(final, manifest)
-    duration = options.clock() - started
-    return SavedImage(
-        image_id=image_id,
-        name=record.get('name'),
-        file=final,
-        manifest=mpath,
-        checksum_file=cpath,
-        size=manifest['data']['size'],
-        hash_algo=expected.algorithm,
-        hash_value=expected.value,
-        sha256=digests['sha256'],
-        resumed_from=resumed_from,
-        retries=retries,
-        duration=duration,
-        throughput=received / duration if duration > 0 else 0.0,
-    )
-
-
-def _download(
-    conn: Any,
-    image_id: str,
-    record: Mapping[str, Any],
+def receive(
+    session: Any,
+    url: str,
     fd: int,
     offset: int,
-    expected: _Expected,
+    expected: Expected,
     *,
-    final: str,
-    part: str,
-    state_path: str,
-    keep_partial: bool,
+    algorithms: list[str],
+    label: str,
+    what: str,
     reporter: Reporter,
     options: TransferOptions,
-) -> tuple[dict[str, str], int, int, int]:
-    """Download, verify, fsync and rename; returns (digests, resumed from,
-    retries, bytes received)."""
-    algorithms = ['sha256']
-    if expected.algorithm and expected.algorithm != 'sha256':
-        algorithms.insert(0, expected.algorithm)
-    url = f'/images/{image_id}/file'
-    label = record.get('name') or image_id
+) -> Received:
+    """Receive ``url`` into ``fd`` from ``offset`` on, and verify it.
+
+    :param session: a keystoneauth adapter (e.g. ``conn.image``): relative
+        ``url``, ``raise_exc``.
+    :param offset: bytes of the file kept from an earlier transfer; they
+        are hashed before the rest is requested.
+    :param algorithms: hashes to compute (``expected.algorithm`` among
+        them when it is set).
+    :param label: the progress bar's label; ``what``: the thing received,
+        in messages (``image <ID>``).
+    :raises HashMismatch: the data received from byte 0 did not verify.
+    :raises errors.BackupError: the transfer or a write failed.
+    """
     resumed_from = offset
     retries = 0
     received = 0
-    attempt_offset = offset
-    cleanup = Cleanup(reporter)  # turns SIGINT/SIGTERM into an exception
-    try:
-        with cleanup.guard():
-            while True:
-                pipeline = _Pipeline(fd, algorithms, options)
-                try:
-                    if attempt_offset:
-                        reporter.step(
-                            f'Resuming at {attempt_offset} bytes: '
-                            'checking the partial data'
-                        )
-                        _hash_prefix(pipeline, fd, attempt_offset)
-                    with _progress_bar(
-                        reporter, expected.size, attempt_offset, label
-                    ) as bar:
-                        transfer = _Transfer(
-                            conn.image, url, pipeline, expected.size,
-                            options, reporter, bar,
-                        )
-                        try:
-                            end = transfer.run(attempt_offset)
-                        finally:
-                            retries += transfer.retries
-                            received += transfer.received
-                    pipeline.drain()
-                    if pipeline.error is not None:
-                        raise transfer._write_error()
-                finally:
-                    pipeline.close()
-                digests = pipeline.digests()
-                if transfer.overflow:
-                    got = f'more than the {expected.size} bytes it has'
-                    ok = False
-                elif expected.size is not None and end != expected.size:
-                    got = f'{end} bytes, expected {expected.size}'
-                    ok = False
-                elif expected.algorithm is None:
-                    got, ok = '', True
-                else:
-                    actual = digests[expected.algorithm]
-                    ok = actual == expected.value
-                    got = f'{expected.algorithm} {actual}'
-                if ok:
-                    break
-                if attempt_offset:
-                    reporter.warn(
-                        f'The resumed download of image {image_id} did not '
-                        f'verify ({got}); downloading it again from the '
-                        'beginning.'
-                    )
-                    os.ftruncate(fd, 0)
-                    attempt_offset = 0
-                    resumed_from = 0
-                    continue
-                _discard(part, state_path, final, keep_partial, reporter)
-                raise HashMismatch(
-                    f'Image {image_id} did not verify: got {got}, Glance '
-                    f'recorded {expected.algorithm} {expected.value}. The '
-                    'data is corrupt (in the cloud or on the way); nothing '
-                    f"was saved as '{final}'."
+    while True:
+        pipeline = _Pipeline(fd, algorithms, options)
+        try:
+            if offset:
+                reporter.step(
+                    f'Resuming at {offset} bytes: checking the partial data'
                 )
-            reporter.step('Verified; flushing to disk')
-            os.fsync(fd)
-            os.replace(part, final)
-            image_sets.fsync_dir(os.path.dirname(final))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(state_path)
-    except KeyboardInterrupt:
-        if os.path.exists(part):
-            reporter.note(
-                f"Interrupted: the partial download is kept in '{part}'; "
-                'run the same command again to resume it.'
+                _hash_prefix(pipeline, fd, offset)
+            with _progress_bar(reporter, expected.size, offset, label) as bar:
+                transfer = _Transfer(
+                    session, url, pipeline, expected.size, options,
+                    reporter, bar,
+                )
+                try:
+                    end = transfer.run(offset)
+                finally:
+                    retries += transfer.retries
+                    received += transfer.received
+            pipeline.drain()
+            if pipeline.error is not None:
+                raise transfer._write_error()
+        finally:
+            pipeline.close()
+        digests = pipeline.digests()
+        if transfer.overflow:
+            got = f'more than the {expected.size} bytes it has'
+            ok = False
+        elif expected.size is not None and end != expected.size:
+            got = f'{end} bytes, expected {expected.size}'
+            ok = False
+        elif expected.algorithm is None:
+            got, ok = '', True
+        else:
+            actual = digests[expected.algorithm]
+            ok = actual == expected.value
+            got = f'{expected.algorithm} {actual}'
+        if ok:
+            return Received(digests, resumed_from, retries, received)
+        if offset:
+            reporter.warn(
+                f'The resumed download of {what} did not verify ({got}); '
+                'downloading it again from the beginning.'
             )
-        raise
-    except HashMismatch:
-        raise
-    except errors.BackupError as exc:
-        if os.path.exists(part) and not isinstance(exc, errors.InvalidInput):
-            raise errors.BackupError(
-                f"{exc}\nThe partial download is kept in '{part}'; run the "
-                'same command again to resume it.'
-            ) from exc
-        raise
-    return digests, resumed_from, retries, received
-
-
-def _remove(*paths: str) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def _discard(
-    part: str,
-    state_path: str,
-    final: str,
-    keep_partial: bool,
-    reporter: Reporter,
-) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(state_path)
-    if keep_partial:
-        kept = final + INVALID_SUFFIX
-        os.replace(part, kept)
-        reporter.note(f"The unverified data is kept in '{kept}'.")
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(part)
+            os.ftruncate(fd, 0)
+            offset = 0
+            resumed_from = 0
+            continue
+        raise HashMismatch(f'{what} did not verify: got {got}', got=got)

@@ -1,4 +1,4 @@
-"""Unit tests for osc_backup.download and the image set format.
+"""Unit tests of image save and restore, the transfer and the set format.
 
 HTTP is mocked with requests-mock behind a tiny fake image proxy that
 behaves like openstacksdk's (relative URLs, ``raise_exc``); no sleeps.
@@ -17,9 +17,11 @@ import requests_mock
 import testtools
 from openstack import exceptions as sdk_exc
 
-from osc_backup import download
+from osc_backup.common import backup_set
 from osc_backup.common import errors
-from osc_backup.procedures import image_sets
+from osc_backup.common import transfer
+from osc_backup.procedures import image_restore
+from osc_backup.procedures import image_save
 
 ENDPOINT = 'http://glance.test/v2'
 IMAGE_ID = '3f2a9c1b-7d4e-4f6a-9b1c-0123456789ab'
@@ -117,7 +119,7 @@ def small_options(**over):
     opts = dict(buffer_size=8192, buffers=3, flush_window=16384,
                 sleep=sleeps.append)
     opts.update(over)
-    return download.TransferOptions(**opts), sleeps
+    return transfer.TransferOptions(**opts), sleeps
 
 
 class DownloadTestCase(testtools.TestCase):
@@ -158,7 +160,7 @@ class DownloadTestCase(testtools.TestCase):
     def save(self, target=None, **kwargs):
         opts = kwargs.pop('options', None) or small_options()[0]
         kwargs.setdefault('as_file', True)
-        return download.save_image(
+        return image_save.save_image(
             self.conn, IMAGE_ID, target or self.final, options=opts,
             **kwargs)
 
@@ -170,7 +172,7 @@ class DownloadTestCase(testtools.TestCase):
         with open(self.part, 'wb') as f:
             f.write(data)
         with open(self.state, 'w') as f:
-            json.dump(state or download._state(self.rec), f)
+            json.dump(state or image_save._state(self.rec), f)
 
     def listing(self):
         return sorted(os.listdir(self.dir))
@@ -178,27 +180,27 @@ class DownloadTestCase(testtools.TestCase):
 
 class TestExpectedHash(testtools.TestCase):
     def test_os_hash_preferred(self):
-        exp = download.expected_hash(record())
+        exp = image_save.expected_hash(record())
         self.assertEqual('sha512', exp.algorithm)
         self.assertEqual(hashlib.sha512(DATA).hexdigest(), exp.value)
         self.assertEqual(len(DATA), exp.size)
 
     def test_md5_fallback(self):
-        exp = download.expected_hash(
+        exp = image_save.expected_hash(
             record(os_hash_algo=None, os_hash_value=None))
         self.assertEqual(('md5', hashlib.md5(DATA).hexdigest()),
                          (exp.algorithm, exp.value))
 
     def test_unknown_algorithm_falls_back_to_md5(self):
-        exp = download.expected_hash(record(os_hash_algo='whirlpool-9000'))
+        exp = image_save.expected_hash(record(os_hash_algo='whirlpool-9000'))
         self.assertEqual('md5', exp.algorithm)
 
     def test_no_hash_refused(self):
         rec = record(os_hash_algo=None, os_hash_value=None, checksum=None)
-        e = self.assertRaises(errors.InvalidInput, download.expected_hash,
+        e = self.assertRaises(errors.InvalidInput, image_save.expected_hash,
                               rec)
         self.assertIn('--allow-unverified', str(e))
-        exp = download.expected_hash(rec, allow_unverified=True)
+        exp = image_save.expected_hash(rec, allow_unverified=True)
         self.assertIsNone(exp.algorithm)
 
 
@@ -266,7 +268,7 @@ class TestSave(DownloadTestCase):
 
     def test_directory_target_names_file_after_image(self):
         self.serve(self.whole())
-        saved = download.save_image(
+        saved = image_save.save_image(
             self.conn, IMAGE_ID, self.dir, options=small_options()[0])
         self.assertEqual(
             os.path.join(self.dir, 'db-data-backup-3f2a9c1b.raw'),
@@ -275,7 +277,7 @@ class TestSave(DownloadTestCase):
     def test_directory_created(self):
         self.serve(self.whole())
         target = os.path.join(self.dir, 'new', 'sub')
-        saved = download.save_image(
+        saved = image_save.save_image(
             self.conn, IMAGE_ID, target, as_file=False,
             options=small_options()[0])
         self.assertEqual(target, os.path.dirname(saved.file))
@@ -283,13 +285,13 @@ class TestSave(DownloadTestCase):
     def test_image_object_accepted(self):
         self.serve(self.whole())
         image = mock.Mock(id=IMAGE_ID)
-        download.save_image(self.conn, image, self.final,
+        image_save.save_image(self.conn, image, self.final,
                             options=small_options()[0])
         self.conn.image.find_image.assert_not_called()
 
     def test_name_resolved(self):
         self.serve(self.whole())
-        download.save_image(self.conn, 'db', self.final,
+        image_save.save_image(self.conn, 'db', self.final,
                             options=small_options()[0])
         self.conn.image.find_image.assert_called_once_with(
             'db', ignore_missing=False)
@@ -309,7 +311,7 @@ class TestSave(DownloadTestCase):
         self.adapter.register_uri(
             'GET', f'{ENDPOINT}/images/{other}', status_code=404)
         self.serve(self.whole())
-        saved = download.save_image(self.conn, other, self.final,
+        saved = image_save.save_image(self.conn, other, self.final,
                                     options=small_options()[0])
         self.conn.image.find_image.assert_called_once_with(
             other, ignore_missing=False)
@@ -419,8 +421,8 @@ class TestSave(DownloadTestCase):
             return real_replace(a, b)
 
         self.serve(self.whole())
-        with mock.patch.object(download.os, 'fsync', fsync), \
-                mock.patch.object(download.os, 'replace', replace):
+        with mock.patch.object(os, 'fsync', fsync), \
+                mock.patch.object(os, 'replace', replace):
             self.save()
         i = calls.index(('replace', '.img.raw.part', 'img.raw'))
         self.assertEqual('fsync', calls[i - 1])
@@ -429,9 +431,9 @@ class TestSave(DownloadTestCase):
         resp = mock.Mock()
         resp.headers = {'Content-Encoding': 'gzip'}
         resp.raw.read.side_effect = [b'abc', b'']
-        read = download._reader(resp)
+        read = transfer._reader(resp)
         buf = memoryview(bytearray(8))
-        self.assertEqual(3, download._fill(read, buf))
+        self.assertEqual(3, transfer._fill(read, buf))
         self.assertEqual(b'abc', bytes(buf[:3]))
 
     def test_progress_bar_on_a_terminal(self):
@@ -452,8 +454,8 @@ class TestSave(DownloadTestCase):
     def test_big_buffers(self):
         # default options: one buffer holds the whole body
         self.serve(self.whole())
-        download.save_image(self.conn, IMAGE_ID, self.final,
-                            options=download.TransferOptions())
+        image_save.save_image(self.conn, IMAGE_ID, self.final,
+                            options=transfer.TransferOptions())
         with open(self.final, 'rb') as f:
             self.assertEqual(DATA, f.read())
 
@@ -467,7 +469,7 @@ class TestMismatch(DownloadTestCase):
 
     def test_mismatch_removes_everything(self):
         self.serve(self.whole(self.bad))
-        e = self.assertRaises(download.HashMismatch, self.save)
+        e = self.assertRaises(image_save.HashMismatch, self.save)
         self.assertIn('did not verify', str(e))
         self.assertIn(hashlib.sha512(DATA).hexdigest(), str(e))
         self.assertIn(hashlib.sha512(self.bad).hexdigest(), str(e))
@@ -475,7 +477,7 @@ class TestMismatch(DownloadTestCase):
 
     def test_mismatch_keep_partial(self):
         self.serve(self.whole(self.bad))
-        self.assertRaises(download.HashMismatch, self.save,
+        self.assertRaises(image_save.HashMismatch, self.save,
                           keep_partial=True)
         self.assertEqual(['img.raw.unverified'], self.listing())
         with open(self.final + '.unverified', 'rb') as f:
@@ -483,7 +485,7 @@ class TestMismatch(DownloadTestCase):
 
     def test_too_much_data(self):
         self.serve(self.whole(DATA + b'extra'))
-        e = self.assertRaises(download.HashMismatch, self.save)
+        e = self.assertRaises(image_save.HashMismatch, self.save)
         self.assertIn('more than the', str(e))
         self.assertEqual([], self.listing())
 
@@ -491,7 +493,7 @@ class TestMismatch(DownloadTestCase):
         with open(self.final, 'w') as f:
             f.write('previous good backup')
         self.serve(self.whole(self.bad))
-        self.assertRaises(download.HashMismatch, self.save, overwrite=True)
+        self.assertRaises(image_save.HashMismatch, self.save, overwrite=True)
         with open(self.final) as f:
             self.assertEqual('previous good backup', f.read())
 
@@ -536,7 +538,7 @@ class TestResume(DownloadTestCase):
 
     def test_without_o_direct(self):
         self.serve(self.whole())
-        with mock.patch.object(download, '_open_direct', return_value=None):
+        with mock.patch.object(transfer, '_open_direct', return_value=None):
             saved = self.save()
         self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
         with open(self.final, 'rb') as f:
@@ -555,7 +557,7 @@ class TestResume(DownloadTestCase):
             return real(fd, view, offset)
 
         self.serve(self.whole())
-        with mock.patch.object(download.os, 'pwrite', pwrite):
+        with mock.patch.object(os, 'pwrite', pwrite):
             self.save()
         self.assertEqual(1, len(direct))
         with open(self.final, 'rb') as f:
@@ -569,7 +571,7 @@ class TestResume(DownloadTestCase):
         self.assertEqual(len(DATA), saved.resumed_from)
 
     def test_other_image_partial_discarded(self):
-        state = download._state(self.rec)
+        state = image_save._state(self.rec)
         state['os_hash_value'] = 'f' * 128
         self.write_partial(b'x' * 40_000, state=state)
         self.serve(self.whole())
@@ -730,7 +732,7 @@ class TestRetries(DownloadTestCase):
     def test_write_error_not_retried(self):
         self.serve(self.whole())
         opts, sleeps = small_options()
-        with mock.patch.object(download.os, 'pwrite',
+        with mock.patch.object(os, 'pwrite',
                                side_effect=OSError(28, 'No space left')):
             e = self.assertRaises(errors.BackupError, self.save,
                                   options=opts)
@@ -758,7 +760,7 @@ class TestFreeSpace(DownloadTestCase):
 
     def test_not_enough_space(self):
         self.serve(self.whole())
-        with mock.patch.object(download.os, 'statvfs',
+        with mock.patch.object(os, 'statvfs',
                                return_value=self.statvfs(4096 * 10)):
             e = self.assertRaises(errors.InvalidInput, self.save)
         self.assertIn('Not enough free space', str(e))
@@ -773,41 +775,41 @@ class TestFreeSpace(DownloadTestCase):
         def check(directory, needed):
             calls.append(needed)
 
-        with mock.patch.object(download, 'check_free_space', check):
+        with mock.patch.object(backup_set, 'check_free_space', check):
             self.save()
         self.assertEqual([len(DATA) - 90_112], calls)
 
     def test_margin(self):
-        needed = 10 * download.MiB
-        with mock.patch.object(download.os, 'statvfs',
+        needed = 10 * transfer.MiB
+        with mock.patch.object(os, 'statvfs',
                                return_value=self.statvfs(needed)):
             self.assertRaises(errors.InvalidInput,
-                              download.check_free_space, '/x', needed)
+                              backup_set.check_free_space, '/x', needed)
         with mock.patch.object(
-                download.os, 'statvfs',
-                return_value=self.statvfs(needed + 2 * download.MiB)):
-            download.check_free_space('/x', needed)
+                os, 'statvfs',
+                return_value=self.statvfs(needed + 2 * transfer.MiB)):
+            backup_set.check_free_space('/x', needed)
 
 
 class TestFlusher(testtools.TestCase):
     def test_windows(self):
         calls = []
-        with mock.patch.object(download, '_sync_file_range',
+        with mock.patch.object(transfer, '_sync_file_range',
                                lambda fd, o, n, f: calls.append((o, n, f))
                                or True), \
-                mock.patch.object(download.os, 'posix_fadvise') as fadv:
-            fl = download._Flusher(7, 100, True)
+                mock.patch.object(os, 'posix_fadvise') as fadv:
+            fl = transfer._Flusher(7, 100, True)
             fl.written(50)
             self.assertEqual([], calls)
             fl.written(250)
             self.assertEqual([(0, 100, 2), (100, 100, 2), (0, 100, 7)],
                              calls)
             fadv.assert_called_once_with(
-                7, 0, 100, download.os.POSIX_FADV_DONTNEED)
+                7, 0, 100, os.POSIX_FADV_DONTNEED)
 
     def test_disabled(self):
-        with mock.patch.object(download, '_sync_file_range') as sfr:
-            download._Flusher(7, 0, True).written(10 ** 9)
+        with mock.patch.object(transfer, '_sync_file_range') as sfr:
+            transfer._Flusher(7, 0, True).written(10 ** 9)
         sfr.assert_not_called()
 
     def test_real_sync_file_range(self):
@@ -815,17 +817,17 @@ class TestFlusher(testtools.TestCase):
         fd = os.open(path, os.O_RDWR | os.O_CREAT)
         self.addCleanup(os.close, fd)
         os.write(fd, b'x' * 8192)
-        self.assertTrue(download._sync_file_range(fd, 0, 8192, 7))
+        self.assertTrue(transfer._sync_file_range(fd, 0, 8192, 7))
 
 
 class TestNaming(testtools.TestCase):
     def test_default_filename(self):
         self.assertEqual('db-data-backup-3f2a9c1b.raw',
-                         download.default_filename(record()))
+                         image_save.default_filename(record()))
         self.assertEqual('3f2a9c1b-7d4e-4f6a-9b1c-0123456789ab-3f2a9c1b.qcow2',
-                         download.default_filename(
+                         image_save.default_filename(
                              record(name=None, disk_format='qcow2')))
-        self.assertEqual('x-3f2a9c1b.ova', download.default_filename(
+        self.assertEqual('x-3f2a9c1b.ova', image_save.default_filename(
             record(name='../x', container_format='ova')))
 
 
@@ -837,32 +839,32 @@ class TestImageSets(DownloadTestCase):
     def test_load_from_manifest_or_data(self):
         saved = self.saved_set()
         for path in (saved.manifest, saved.file):
-            m, mpath, data = image_sets.load_manifest(path)
+            m, mpath, data = backup_set.load_manifest(path)
             self.assertEqual(saved.manifest, mpath)
             self.assertEqual(saved.file, data)
             self.assertEqual(IMAGE_ID, m['image']['id'])
 
     def test_load_errors(self):
-        e = self.assertRaises(errors.InvalidInput, image_sets.load_manifest,
+        e = self.assertRaises(errors.InvalidInput, backup_set.load_manifest,
                               self.final)
         self.assertIn('neither a manifest', str(e))
         path = os.path.join(self.dir, 'x.manifest.json')
         with open(path, 'w') as f:
             f.write('{"format": "other"}')
-        e = self.assertRaises(errors.InvalidInput, image_sets.load_manifest,
+        e = self.assertRaises(errors.InvalidInput, backup_set.load_manifest,
                               path)
         self.assertIn('not an osc-backup image manifest', str(e))
         with open(path, 'w') as f:
-            json.dump({'format': image_sets.FORMAT, 'format_version': 99},
+            json.dump({'format': backup_set.FORMAT, 'format_version': 99},
                       f)
-        e = self.assertRaises(errors.InvalidInput, image_sets.load_manifest,
+        e = self.assertRaises(errors.InvalidInput, backup_set.load_manifest,
                               path)
         self.assertIn('upgrade osc-backup', str(e))
 
     def test_create_body_leaves_out_glance_owned(self):
         saved = self.saved_set()
-        m, _, _ = image_sets.load_manifest(saved.manifest)
-        body = image_sets.create_body(m, name='new', properties={'a': 'b'})
+        m, _, _ = backup_set.load_manifest(saved.manifest)
+        body = image_restore.create_body(m, name='new', properties={'a': 'b'})
         self.assertEqual({
             'name': 'new',
             'disk_format': 'raw',
@@ -881,7 +883,7 @@ class TestImageSets(DownloadTestCase):
         m = {'glance_record': record(visibility='public')}
         stream = io.StringIO()
         from osc_backup.common.progress import Reporter
-        body = image_sets.create_body(
+        body = image_restore.create_body(
             m, reporter=Reporter(stream=stream, progress=False))
         self.assertNotIn('visibility', body)
         self.assertIn("was 'public'", stream.getvalue())
@@ -920,7 +922,7 @@ class TestRestore(DownloadTestCase):
             return_value=self.active)).mock
 
     def test_restore(self):
-        r = image_sets.restore_image(
+        r = image_restore.restore_image(
             self.conn, self.saved.manifest, name='restored',
             properties={'k': 'v'})
         post = next(h for h in self.adapter.request_history
@@ -941,12 +943,12 @@ class TestRestore(DownloadTestCase):
         self.conn.image.update_image.assert_not_called()
 
     def test_restore_from_data_file(self):
-        r = image_sets.restore_image(self.conn, self.saved.file)
+        r = image_restore.restore_image(self.conn, self.saved.file)
         self.assertEqual(self.NEW_ID, r.image_id)
 
     def test_glance_hash_mismatch_deletes_image(self):
         self.active.hash_value = 'f' * 128
-        e = self.assertRaises(errors.BackupError, image_sets.restore_image,
+        e = self.assertRaises(errors.BackupError, image_restore.restore_image,
                               self.conn, self.saved.manifest)
         self.assertIn('the upload is corrupt', str(e))
         self.conn.image.delete_image.assert_called_once_with(
@@ -955,14 +957,14 @@ class TestRestore(DownloadTestCase):
     def test_other_algorithm_compares_md5(self):
         self.active.hash_algo = 'sha384'
         self.active.hash_value = 'x'
-        r = image_sets.restore_image(self.conn, self.saved.manifest)
+        r = image_restore.restore_image(self.conn, self.saved.manifest)
         self.assertEqual('md5', r.verified)
 
     def test_local_file_damaged(self):
         with open(self.saved.file, 'r+b') as f:
             f.seek(100)
             f.write(b'\0\1\2')
-        e = self.assertRaises(errors.BackupError, image_sets.restore_image,
+        e = self.assertRaises(errors.BackupError, image_restore.restore_image,
                               self.conn, self.saved.manifest)
         self.assertIn('does not match its manifest', str(e))
         self.conn.image.delete_image.assert_called_once()
@@ -970,7 +972,7 @@ class TestRestore(DownloadTestCase):
     def test_truncated_file_refused_before_upload(self):
         with open(self.saved.file, 'r+b') as f:
             f.truncate(10)
-        e = self.assertRaises(errors.InvalidInput, image_sets.restore_image,
+        e = self.assertRaises(errors.InvalidInput, image_restore.restore_image,
                               self.conn, self.saved.manifest)
         self.assertIn('incomplete', str(e))
         self.assertEqual([], self.uploaded)
@@ -982,7 +984,7 @@ class TestRestore(DownloadTestCase):
         m['glance_record']['protected'] = True
         with open(self.saved.manifest, 'w') as f:
             json.dump(m, f)
-        image_sets.restore_image(self.conn, self.saved.manifest)
+        image_restore.restore_image(self.conn, self.saved.manifest)
         body = next(h for h in self.adapter.request_history
                 if h.method == 'POST').json()
         self.assertNotIn('protected', body)
