@@ -14,6 +14,7 @@ from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import server_backup
+from osc_backup.procedures import server_plan
 from osc_backup.procedures import volume_image
 from osc_backup.tests.unit import base
 from osc_backup.tests.unit import fakes
@@ -123,14 +124,14 @@ class ServerTestCase(base.TestCase):
         return vol
 
     def prepare(self, srv, **opts):
-        return server_backup.prepare(
-            self.conn, srv, server_backup.Options(interval=0, **opts),
+        return server_plan.prepare(
+            self.conn, srv, server_plan.Options(interval=0, **opts),
             self.run_ctx,
         )
 
     def run_backup(self, srv, **opts):
-        options = server_backup.Options(interval=0, **opts)
-        plan = server_backup.prepare(self.conn, srv, options, self.run_ctx)
+        options = server_plan.Options(interval=0, **opts)
+        plan = server_plan.prepare(self.conn, srv, options, self.run_ctx)
         return server_backup.backup_server(
             self.conn, plan, options, run=self.run_ctx,
             reporter=self.reporter,
@@ -141,7 +142,7 @@ class TestFindServer(ServerTestCase):
     def test_found(self):
         srv = server()
         self.compute.find_server.return_value = srv
-        self.assertIs(srv, server_backup.find_server(self.conn, 'web'))
+        self.assertIs(srv, server_plan.find_server(self.conn, 'web'))
         self.compute.find_server.assert_called_once_with(
             'web', ignore_missing=False
         )
@@ -155,7 +156,7 @@ class TestFindServer(ServerTestCase):
         ):
             self.compute.find_server.side_effect = exc
             err = self.assertRaises(
-                errors.InvalidInput, server_backup.find_server, self.conn,
+                errors.InvalidInput, server_plan.find_server, self.conn,
                 'web',
             )
             self.assertIn(text, str(err))
@@ -308,9 +309,9 @@ class TestPrepare(ServerTestCase):
 
     def test_dry_run_steps(self):
         self.attach('/dev/vdb')
-        opts = server_backup.Options()
+        opts = server_plan.Options()
         plan = self.prepare(server())
-        steps = server_backup.plan_steps(plan, opts, self.run_ctx)
+        steps = server_plan.plan_steps(plan, opts, self.run_ctx)
         self.assertIn('createImage', steps[0])
         self.assertIn("--via-image", steps[1])
         self.assert_nothing_created()
