@@ -131,7 +131,9 @@ def backup_server(
     if plan.manifest:
         server_manifest.write(
             plan.manifest,
-            server_manifest.build(conn, plan, run, duration=duration),
+            server_manifest.build(
+                conn, plan, run, duration=duration, directory=opts.download
+            ),
         )
         files.append(plan.manifest)
     return {

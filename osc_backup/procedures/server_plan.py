@@ -57,8 +57,8 @@ from osc_backup.procedures import volume_image
 
 GiB = 1024**3
 
-ROLE_ROOT = 'root-disk'
-ROLE_VOLUME = 'volume'
+ROLE_ROOT = server_manifest.ROLE_ROOT
+ROLE_VOLUME = server_manifest.ROLE_VOLUME
 
 #: Nova takes createImage in these vm states (task_state must be None)
 SNAPSHOT_STATES = ('ACTIVE', 'SHUTOFF', 'PAUSED', 'SUSPENDED')
