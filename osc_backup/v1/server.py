@@ -185,9 +185,10 @@ class CreateServerBackup(command.ShowOne):
     ) -> tuple[Sequence[str], Iterable[Any]]:
         from osc_backup.common import tags
         from osc_backup.procedures import server_backup
+        from osc_backup.procedures import server_plan
 
         conn = self.connection()
-        opts = server_backup.Options(
+        opts = server_plan.Options(
             method=parsed_args.method,
             volumes=parsed_args.volumes,
             name=parsed_args.name,
@@ -201,8 +202,8 @@ class CreateServerBackup(command.ShowOne):
             manifest=parsed_args.manifest,
         )
         run = tags.Run()
-        server = server_backup.find_server(conn, parsed_args.server)
-        plan = server_backup.prepare(
+        server = server_plan.find_server(conn, parsed_args.server)
+        plan = server_plan.prepare(
             conn, server, opts, run, probe=not parsed_args.dry_run
         )
         if parsed_args.dry_run:
@@ -215,7 +216,7 @@ class CreateServerBackup(command.ShowOne):
                 'consistency': plan.consistency,
                 'notes': format_columns.ListColumn(plan.notes),
                 'steps': format_columns.ListColumn(
-                    server_backup.plan_steps(plan, opts, run)
+                    server_plan.plan_steps(plan, opts, run)
                 ),
             }
             return DRY_RUN_COLUMNS, [data[c] for c in DRY_RUN_COLUMNS]

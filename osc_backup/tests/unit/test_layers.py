@@ -55,6 +55,11 @@ def package_modules() -> dict[str, str]:
     return found
 
 
+def _type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING') or (
+        isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING')
+
+
 def imports(
     module: str, source: str, known: set[str], is_package: bool = False
 ) -> list[tuple[str, int, bool]]:
@@ -62,8 +67,11 @@ def imports(
     ``is_package``: ``module`` is a package's ``__init__``."""
     tree = ast.parse(source)
     top_level = {id(node) for node in tree.body}
-    # imports in a module-level if/try block are module level too
+    # imports in a module-level if/try block are module level too, but
+    # not those under ``if TYPE_CHECKING:`` (never run: no import cycle)
     for node in tree.body:
+        if isinstance(node, ast.If) and _type_checking(node.test):
+            continue
         if isinstance(node, (ast.If, ast.Try)):
             top_level.update(id(n) for n in ast.walk(node))
     found = []
@@ -201,3 +209,20 @@ class TestLayers(testtools.TestCase):
         self.assertEqual([], self.check('osc_backup.procedures.x', src))
         self.assertEqual([], self.check(
             'osc_backup.v1.x', 'from osc_backup.procedures import x\n'))
+
+    def test_type_checking_imports_climb_but_are_not_run(self):
+        src = (
+            'from typing import TYPE_CHECKING\n'
+            'if TYPE_CHECKING:\n'
+            '    from osc_backup.v1 import image\n'
+            '    from osc_backup.procedures import y\n'
+        )
+        known = self.known | {'osc_backup.procedures.x',
+                              'osc_backup.procedures.y'}
+        self.assertEqual(
+            1, len(upward('osc_backup.procedures.x', src, known)))
+        self.assertEqual(
+            [('osc_backup.v1.image', 3, False),
+             ('osc_backup.procedures.y', 4, False)],
+            [i for i in imports('osc_backup.procedures.x', src, known)
+             if i[0].startswith('osc_backup.')])

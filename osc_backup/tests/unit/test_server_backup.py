@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import shutil
 import tempfile
 from unittest import mock
 
@@ -14,6 +15,8 @@ from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import server_backup
+from osc_backup.procedures import server_manifest
+from osc_backup.procedures import server_plan
 from osc_backup.procedures import volume_image
 from osc_backup.tests.unit import base
 from osc_backup.tests.unit import fakes
@@ -123,14 +126,14 @@ class ServerTestCase(base.TestCase):
         return vol
 
     def prepare(self, srv, **opts):
-        return server_backup.prepare(
-            self.conn, srv, server_backup.Options(interval=0, **opts),
+        return server_plan.prepare(
+            self.conn, srv, server_plan.Options(interval=0, **opts),
             self.run_ctx,
         )
 
     def run_backup(self, srv, **opts):
-        options = server_backup.Options(interval=0, **opts)
-        plan = server_backup.prepare(self.conn, srv, options, self.run_ctx)
+        options = server_plan.Options(interval=0, **opts)
+        plan = server_plan.prepare(self.conn, srv, options, self.run_ctx)
         return server_backup.backup_server(
             self.conn, plan, options, run=self.run_ctx,
             reporter=self.reporter,
@@ -141,7 +144,7 @@ class TestFindServer(ServerTestCase):
     def test_found(self):
         srv = server()
         self.compute.find_server.return_value = srv
-        self.assertIs(srv, server_backup.find_server(self.conn, 'web'))
+        self.assertIs(srv, server_plan.find_server(self.conn, 'web'))
         self.compute.find_server.assert_called_once_with(
             'web', ignore_missing=False
         )
@@ -155,7 +158,7 @@ class TestFindServer(ServerTestCase):
         ):
             self.compute.find_server.side_effect = exc
             err = self.assertRaises(
-                errors.InvalidInput, server_backup.find_server, self.conn,
+                errors.InvalidInput, server_plan.find_server, self.conn,
                 'web',
             )
             self.assertIn(text, str(err))
@@ -308,9 +311,9 @@ class TestPrepare(ServerTestCase):
 
     def test_dry_run_steps(self):
         self.attach('/dev/vdb')
-        opts = server_backup.Options()
+        opts = server_plan.Options()
         plan = self.prepare(server())
-        steps = server_backup.plan_steps(plan, opts, self.run_ctx)
+        steps = server_plan.plan_steps(plan, opts, self.run_ctx)
         self.assertIn('createImage', steps[0])
         self.assertIn("--via-image", steps[1])
         self.assert_nothing_created()
@@ -350,6 +353,7 @@ class TestBackupServer(ServerTestCase):
              for a in result['artifacts']],
         )
         self.assertEqual([path], result['files'])
+        server_manifest.validate(manifest)
         self.assertEqual(srv.id, manifest['server']['id'])
         self.assertEqual('m1.tiny', manifest['server']['flavor'][
             'original_name'
@@ -465,3 +469,109 @@ class TestBackupServer(ServerTestCase):
         self.root_active.properties = {'hw_disk_bus': 'virtio'}
         self.run_backup(server())
         self.image_proxy.patch.assert_not_called()
+
+
+class TestManifest(ServerTestCase):
+    """The server manifest read back: what a restore will trust."""
+
+    def written(self, **opts):
+        self.attach('/dev/vdb', name='data')
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        path = os.path.join(d, 'm.server.json')
+        root_file = os.path.join(d, 'web.raw')
+        with mock.patch.object(
+            volume_image, 'download_image',
+            side_effect=[[root_file, root_file + '.manifest.json'],
+                         [os.path.join(d, 'data.raw')]],
+        ):
+            self.run_backup(server(), manifest=path, download=d, **opts)
+        return d, path
+
+    def test_round_trip_with_plain_file_names(self):
+        d, path = self.written()
+        manifest = server_manifest.load(path)
+        self.assertEqual('osc-backup-server', manifest['format'])
+        self.assertEqual(
+            [['web.raw', 'web.raw.manifest.json'], ['data.raw']],
+            [disk['artifact']['files'] for disk in manifest['disks']],
+        )
+        self.assertEqual(
+            os.path.join(os.path.realpath(d), 'data.raw'),
+            server_manifest.resolve(d, 'data.raw'),
+        )
+
+    def broken(self, d, path, change):
+        with open(path) as f:
+            manifest = json.load(f)
+        change(manifest)
+        bad = os.path.join(d, 'bad.json')
+        with open(bad, 'w') as f:
+            json.dump(manifest, f)
+        return self.assertRaises(errors.InvalidInput, server_manifest.load,
+                                 bad)
+
+    def test_defects_are_one_line(self):
+        def files(value):
+            return lambda m: m['disks'][1]['artifact'].update(files=[value])
+
+        d, path = self.written()
+        for change, text in (
+            (lambda m: m.update(format='osc-backup-image-set'),
+             "format is not 'osc-backup-server'"),
+            (lambda m: m.update(format_version=2), 'newer than'),
+            (lambda m: m.update(format_version='1'),
+             'format_version must be an integer'),
+            (lambda m: m.pop('run_id'), 'run_id is missing'),
+            (lambda m: m['server'].update(volume_backed='no'),
+             'volume_backed must be true or false'),
+            (lambda m: m['server'].update(id=''), 'server.id is empty'),
+            (lambda m: m.update(disks=[]), 'disks is empty'),
+            (lambda m: m['disks'][0].update(role='swap'), 'role must be'),
+            (lambda m: m['disks'][0].update(boot_index=True),
+             'boot_index must be an integer or null'),
+            (lambda m: m['disks'][1]['volume'].update(size_gb=0),
+             'size_gb must be positive'),
+            (lambda m: m['disks'][1].pop('volume'),
+             'disks[1].volume must be an object'),
+            (lambda m: m['disks'][1]['artifact'].pop('image_id'),
+             'neither an image_id nor a backup_id'),
+            (lambda m: m['disks'].pop(0),
+             'exactly one root-disk'),
+            (files('../outside.raw'), 'not a plain name'),
+            (files('/etc/passwd'), 'absolute path'),
+            (files('.hidden'), 'not a plain name'),
+            (files('a\nb.raw'), 'control characters'),
+            (files('a\\..\\b'), 'backslash'),
+        ):
+            err = self.broken(d, path, change)
+            self.assertIn(text, str(err))
+            self.assertEqual(1, len(str(err).splitlines()), str(err))
+
+    def test_not_json_not_ours_not_followed(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        path = os.path.join(d, 'm.json')
+        with open(path, 'w') as f:
+            f.write('{"format": ')
+        err = self.assertRaises(errors.InvalidInput, server_manifest.load,
+                                path)
+        self.assertIn('is not JSON', str(err))
+        link = os.path.join(d, 'link.json')
+        os.symlink(path, link)
+        err = self.assertRaises(errors.InvalidInput, server_manifest.load,
+                                link)
+        self.assertIn('Cannot read server manifest', str(err))
+        err = self.assertRaises(errors.InvalidInput, server_manifest.load,
+                                os.path.join(d, 'missing.json'))
+        self.assertIn('Cannot read', str(err))
+
+    def test_resolve_refuses_a_symlink_out(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        os.symlink('/etc', os.path.join(d, 'sets'))
+        err = self.assertRaises(errors.InvalidInput, server_manifest.resolve,
+                                d, 'sets/passwd')
+        self.assertIn('leads out of', str(err))
+        self.assertRaises(errors.InvalidInput, server_manifest.resolve,
+                          d, '../x')
