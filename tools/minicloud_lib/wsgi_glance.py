@@ -4,4 +4,4 @@ import os
 os.environ['OS_GLANCE_CONFIG_DIR'] = os.path.join(
     os.environ['MINICLOUD_ETC'], 'glance')
 
-from glance.wsgi.api import application  # noqa: E402,F401
+from glance.wsgi.api import application  # noqa: F401

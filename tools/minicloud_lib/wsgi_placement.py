@@ -4,4 +4,4 @@ import os
 os.environ['OS_PLACEMENT_CONFIG_DIR'] = os.path.join(
     os.environ['MINICLOUD_ETC'], 'placement')
 
-from placement.wsgi.api import application  # noqa: E402,F401
+from placement.wsgi.api import application  # noqa: F401
