@@ -268,7 +268,7 @@ class FunctionalTestCase(testtools.TestCase):
         found = []
         for kind in ('volume', 'volume snapshot'):
             for row in self.openstack([*kind.split(), 'list'], cloud=cloud,
-                                      parse_output=True):
+                                      parse_output=True, quiet=True):
                 name = row.get('Name') or ''
                 if name.startswith(prefix):
                     found.append((kind, name, row.get('Status')))
