@@ -12,9 +12,23 @@
 
 """Typed command bases for osc-backup (after OSC's ``command.py``).
 
-Commands stay thin: parse, call a procedure, format. Procedures raise
-:class:`osc_backup.common.errors.BackupError`; the bases turn it into
-``CommandError`` so the user gets one clear message and a non-zero exit.
+Commands stay thin: parse, call a procedure, format. The bases are the one
+place that:
+
+* turns errors into one clear line on stderr and a non-zero exit: a
+  procedure's :class:`~osc_backup.common.errors.BackupError`, and any
+  error of openstacksdk or keystoneauth that escaped it (an HTTP error,
+  a lost connection, a timed-out request), never a traceback;
+* ends an interrupted run with 130 (SIGINT) or 143 (SIGTERM), after the
+  cleanup stack has done (or, on a second signal, listed) its work;
+* bounds every API call: the connection's requests get
+  :data:`DEFAULT_API_TIMEOUT` unless the user configured ``api_timeout``
+  (clouds.yaml, or ``OS_API_TIMEOUT`` for a cloud given by ``OS_*``
+  variables). Image data transfers pass their own per-read timeouts and
+  are not cut short by it;
+* applies ``--cleanup-timeout`` to every cleanup stack the verb makes;
+* escapes control characters in the formatted result (table, value,
+  shell, csv; JSON and YAML escape them themselves).
 """
 
 from __future__ import annotations
@@ -23,19 +37,67 @@ import argparse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from cliff import columns as cliff_columns
+from keystoneauth1 import exceptions as ks_exc
+from openstack import exceptions as sdk_exc
 from osc_lib import exceptions
 from osc_lib.command import command
 
+from osc_backup.common import cleanup
 from osc_backup.common import errors
 from osc_backup.common.progress import Reporter
+from osc_backup.common.text import printable, printable_lines
+
+#: seconds one API request may take (connect, and each wait for data),
+#: unless the user configured ``api_timeout``; a stalled request then ends
+#: in an error instead of hanging the command
+DEFAULT_API_TIMEOUT = 60.0
+
+#: output formats that escape control characters themselves
+_SELF_ESCAPING = ('json', 'yaml')
+
+
+def bound_api_calls(conn: Any, seconds: float | None = None) -> Any:
+    """Give ``conn``'s requests a timeout unless the user set one.
+
+    osc-lib builds the keystoneauth session with the cloud's
+    ``api_timeout`` (None when not configured: no timeout at all). The
+    session is shared by every service proxy of the connection, and a
+    request that passes its own ``timeout`` (the image data transfers do)
+    keeps it. Returns the timeout in effect.
+    """
+    if seconds is None:
+        seconds = DEFAULT_API_TIMEOUT
+    session = getattr(conn, 'session', None)
+    if session is None:
+        return None
+    if getattr(session, 'timeout', None) is None:
+        session.timeout = seconds
+    return session.timeout
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with control characters escaped in every string in it."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, cliff_columns.FormattableColumn):
+        return type(value)(_escaped(value.machine_readable()))
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_escaped(v) for v in value)
+    return value
 
 
 class _Base:
     app: Any
 
     def connection(self) -> Any:
-        """The openstacksdk Connection osc-lib built (auth, region...)."""
-        return self.app.client_manager.sdk_connection
+        """The openstacksdk Connection osc-lib built (auth, region...),
+        with a finite timeout on every API call."""
+        conn = self.app.client_manager.sdk_connection
+        bound_api_calls(conn)
+        return conn
 
     def reporter(self, parsed_args: argparse.Namespace) -> Reporter:
         """Progress on stderr, only on a terminal and unless --quiet."""
@@ -45,35 +107,50 @@ class _Base:
         progress = bool(isatty and isatty()) and level != 0
         return Reporter(stream=stderr, progress=progress)
 
+    def backup_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        raise NotImplementedError
+
+    def _run(
+        self, parsed_args: argparse.Namespace, rows: bool
+    ) -> tuple[Sequence[str], Any]:
+        """backup_action, with errors and signals turned into exits."""
+        try:
+            with cleanup.default_timeout(
+                getattr(parsed_args, 'cleanup_timeout', None)
+            ):
+                columns, data = self.backup_action(parsed_args)
+                # a Lister's rows may be a generator: run it here, where
+                # its errors are handled
+                data = [list(r) for r in data] if rows else list(data)
+        except errors.BackupError as exc:
+            raise exceptions.CommandError(printable_lines(exc)) from exc
+        except (sdk_exc.SDKException, ks_exc.ClientException) as exc:
+            raise exceptions.CommandError(errors.describe(exc)) from exc
+        except KeyboardInterrupt as exc:
+            signame = getattr(exc, 'signame', 'SIGINT')
+            self.app.stderr.write(f'Interrupted by {signame}.\n')
+            self.app.stderr.flush()
+            code = getattr(exc, 'exit_code', 130)
+            raise SystemExit(code) from exc
+        if getattr(parsed_args, 'formatter', None) not in _SELF_ESCAPING:
+            data = _escaped(data)
+        return columns, data
+
 
 class ShowOne(_Base, command.ShowOne):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[Sequence[str], Iterable[Any]]:
-        try:
-            return self.backup_action(parsed_args)
-        except errors.BackupError as exc:
-            raise exceptions.CommandError(str(exc)) from exc
-
-    def backup_action(
-        self, parsed_args: argparse.Namespace
-    ) -> tuple[Sequence[str], Iterable[Any]]:
-        raise NotImplementedError
+        return self._run(parsed_args, rows=False)
 
 
 class Lister(_Base, command.Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[Sequence[str], Iterable[Any]]:
-        try:
-            return self.backup_action(parsed_args)
-        except errors.BackupError as exc:
-            raise exceptions.CommandError(str(exc)) from exc
-
-    def backup_action(
-        self, parsed_args: argparse.Namespace
-    ) -> tuple[Sequence[str], Iterable[Any]]:
-        raise NotImplementedError
+        return self._run(parsed_args, rows=True)
 
 
 def positive_float(text: str) -> float:
@@ -108,7 +185,8 @@ def add_wait_args(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
-    """--timeout, for verbs that always wait (and inside add_wait_args)."""
+    """--timeout, for verbs that always wait (and inside add_wait_args),
+    and --cleanup-timeout with it."""
     parser.add_argument(
         '--timeout',
         metavar='<seconds>',
@@ -116,6 +194,23 @@ def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
         default=3600.0,
         help='Give up when the whole run takes longer than this many '
         'seconds (default: 3600); temporary resources are still removed',
+    )
+    add_cleanup_timeout_arg(parser)
+
+
+def add_cleanup_timeout_arg(parser: argparse.ArgumentParser) -> None:
+    """--cleanup-timeout, for every verb that creates something it may
+    have to remove (inside add_timeout_arg)."""
+    parser.add_argument(
+        '--cleanup-timeout',
+        metavar='<seconds>',
+        type=positive_float,
+        default=cleanup.DEFAULT_TIMEOUT,
+        help='Wait at most this many seconds for each removal of a '
+        'temporary or incomplete resource (default: '
+        f'{cleanup.DEFAULT_TIMEOUT:g}); what is not gone by then is '
+        'listed with the command that removes it. A second Ctrl-C stops '
+        'all waiting at once',
     )
 
 

@@ -13,36 +13,81 @@
 """The one cleanup mechanism: a stack of undo actions.
 
 A procedure registers an undo action for every resource it creates, right
-after the create call returns. The stack runs in reverse order:
+after the create call returns (inside :meth:`Cleanup.creating`, which holds
+signals meanwhile). The stack runs in reverse order:
 
 * on success, for temporary resources (snapshots, intermediate volumes);
 * on any exception, for temporary resources *and* partial results;
 * on SIGINT / SIGTERM, which are turned into an exception so the same path
-  runs (a second signal during cleanup is noted and ignored: every cleanup
-  wait is bounded).
+  runs.
 
-If an undo action fails, the run ends non-zero with the IDs left behind
-and the exact commands that remove them. ``keep_temporary`` keeps the
+Bounds. Each undo action waits at most ``timeout`` seconds in all
+(``--cleanup-timeout``, :data:`DEFAULT_TIMEOUT` by default; every wait in
+:mod:`~osc_backup.common.waits` inside it is capped), and gives up at once
+when the cloud fails the deletion (``error_deleting``).
+
+Signals. The first SIGINT/SIGTERM stops the run and cleans up, saying so
+on stderr. A second one stops waiting: the undo in progress is abandoned,
+the rest are not started, and what is left is printed with the commands
+that remove it; the run ends with :class:`errors.Interrupted` for that
+signal (exit status 130 for SIGINT, 143 for SIGTERM). Signals are counted
+per process, across nested guards.
+
+If an undo action fails, the run ends non-zero with what is left and the
+exact, shell-quoted commands that remove it. ``keep_temporary`` keeps the
 temporary resources (for debugging) and says how to remove them later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
+import shlex
 import signal
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from osc_backup.common import errors
+from osc_backup.common import waits
 from osc_backup.common.progress import Reporter
+from osc_backup.common.text import printable
 
 LOG = logging.getLogger(__name__)
 
 TEMPORARY = 'temporary'
 PARTIAL = 'partial'
+
+#: seconds one undo action may take, unless the command says otherwise
+DEFAULT_TIMEOUT = 120.0
+#: the option that sets it, named in messages
+TIMEOUT_OPTION = '--cleanup-timeout'
+
+_default_timeout: contextvars.ContextVar[float] = contextvars.ContextVar(
+    'osc_backup_cleanup_timeout', default=DEFAULT_TIMEOUT
+)
+
+
+@contextlib.contextmanager
+def default_timeout(seconds: float | None) -> Iterator[None]:
+    """A :class:`Cleanup` made inside the block bounds each undo action by
+    ``seconds`` (``None``: unchanged). The command layer wraps every verb
+    in it with ``--cleanup-timeout``, so procedures need not pass it on."""
+    if seconds is None:
+        yield
+        return
+    token = _default_timeout.set(float(seconds))
+    try:
+        yield
+    finally:
+        _default_timeout.reset(token)
+
+
+def shell_command(*argv: str) -> str:
+    """``argv`` as one command line a POSIX shell runs as given."""
+    return ' '.join(shlex.quote(str(a)) for a in argv)
 
 
 @dataclass
@@ -53,10 +98,49 @@ class Undo:
     action: Callable[[], None]
     #: what is left if the action fails, e.g. ``volume 4f1c...``
     leftover: str
-    #: the exact command that removes it by hand
+    #: the exact command that removes it by hand (shell-quoted)
     remove_command: str
     #: TEMPORARY: always undone; PARTIAL: undone only if the run fails
     when: str = TEMPORARY
+
+
+class _Signals:
+    """Process-wide signal state: signals are per process, and guards nest
+    (a server backup runs one per disk)."""
+
+    def __init__(self) -> None:
+        #: names of the signals received while a guard was active
+        self.received: list[str] = []
+        #: the active guards, innermost last
+        self.guards: list[Cleanup] = []
+        self.saved: dict[int, Any] = {}
+        #: the signal that said "stop waiting" (the second one)
+        self.stop: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.saved[sig] = signal.signal(sig, _on_signal)
+            except ValueError:  # not in the main thread
+                LOG.debug('Cannot install handler for %s', sig)
+
+    def restore(self) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        self.saved.clear()
+        self.received.clear()
+        self.stop = None
+
+
+_SIGNALS = _Signals()
+
+
+def _on_signal(signum: int, frame: types.FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    _SIGNALS.received.append(name)
+    if not _SIGNALS.guards:  # pragma: no cover - installed only with one
+        raise errors.Interrupted(name)
+    _SIGNALS.guards[-1]._signalled(name)
 
 
 class Cleanup:
@@ -66,16 +150,24 @@ class Cleanup:
         *,
         keep_temporary: bool = False,
         run_id: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.reporter = reporter
         self.keep_temporary = keep_temporary
         self.run_id = run_id
+        #: seconds one undo action may take (``--cleanup-timeout``)
+        self.timeout = (
+            float(timeout) if timeout is not None else _default_timeout.get()
+        )
         self._stack: list[Undo] = []
-        self._saved_handlers: dict[int, Any] = {}
         self._in_cleanup = False
+        #: True while an undo action runs: a second signal stops it there
+        self._in_action = False
         #: > 0 while a resource is being created (see creating())
         self._holding = 0
         self._held: str | None = None
+        #: a first signal that came while the stack was already running
+        self._late: str | None = None
         #: set by a procedure once its result exists, so that a cleanup
         #: failure after success still tells the user what was made
         self.outcome: str | None = None
@@ -87,9 +179,17 @@ class Cleanup:
         action: Callable[[], None],
         *,
         leftover: str,
-        remove_command: str,
+        remove_command: str | Sequence[str],
         when: str = TEMPORARY,
     ) -> None:
+        """Register the undo of a resource just created.
+
+        :param remove_command: the command that removes it by hand: an
+            argument list (quoted here for the shell; preferred) or a
+            complete command line (used as given).
+        """
+        if not isinstance(remove_command, str):
+            remove_command = shell_command(*remove_command)
         self._stack.append(
             Undo(description, action, leftover, remove_command, when)
         )
@@ -100,7 +200,7 @@ class Cleanup:
             f'delete incomplete image {image_id}',
             lambda: image_proxy.delete_image(image_id, ignore_missing=True),
             leftover=f'image {image_id}',
-            remove_command=f'openstack image delete {image_id}',
+            remove_command=['openstack', 'image', 'delete', image_id],
             when=PARTIAL,
         )
 
@@ -109,59 +209,91 @@ class Cleanup:
         return list(self._stack)
 
     # -- signals ------------------------------------------------------
-    def _on_signal(self, signum: int, frame: types.FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self._holding:
-            # raised by creating() once the new resource is registered
-            self._held = name
-            return
-        if self._in_cleanup:
-            self.reporter.note(
-                f'{name} received during cleanup: finishing cleanup first '
-                '(every step is bounded).'
-            )
-            return
-        raise errors.Interrupted(name)
+    def _say(self, message: str) -> None:
+        """A note from the signal handler: never let it fail the run."""
+        try:
+            self.reporter.note(message)
+        except (OSError, RuntimeError, ValueError):  # pragma: no cover
+            LOG.debug('Could not write a note from the signal handler')
 
-    def _install_signals(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._saved_handlers[sig] = signal.signal(
-                    sig, self._on_signal
+    def _signalled(self, name: str) -> None:
+        """Called by the signal handler; may raise :class:`Interrupted`."""
+        if len(_SIGNALS.received) == 1:
+            if self._holding:
+                # raised by creating() once the new resource is registered
+                self._held = name
+                return
+            if self._in_cleanup:
+                self._late = name
+                self._say(
+                    f'{name} received: finishing the cleanup first (each '
+                    f'step waits at most {self.timeout:g}s, '
+                    f'{TIMEOUT_OPTION}). Press Ctrl-C again to stop '
+                    'waiting and leave what is not removed yet.'
                 )
-            except ValueError:  # not in the main thread
-                LOG.debug('Cannot install handler for %s', sig)
-
-    def _restore_signals(self) -> None:
-        for sig, handler in self._saved_handlers.items():
-            signal.signal(sig, handler)
-        self._saved_handlers.clear()
+                return
+            raise errors.Interrupted(name)
+        # a second signal: stop waiting
+        if _SIGNALS.stop is not None:
+            return
+        _SIGNALS.stop = name
+        if self._in_action:
+            raise errors.Interrupted(name)
+        # otherwise the run is already stopping (or holding a creation):
+        # run() sees the flag and starts no more undo actions
 
     # -- running ------------------------------------------------------
+    def _due(self, undo: Undo, failed: bool) -> bool:
+        return undo.when != PARTIAL or failed
+
     def run(self, *, failed: bool) -> list[Undo]:
-        """Run the stack (LIFO); return what could not be removed."""
+        """Run the stack (LIFO); return what could not be removed.
+
+        After a second signal, the action in progress and those not yet
+        started are returned as left (see :attr:`stopped`).
+        """
         self._in_cleanup = True
         left: list[Undo] = []
         kept: list[Undo] = []
         try:
-            while self._stack:
-                undo = self._stack.pop()
-                if undo.when == PARTIAL and not failed:
+            while self._stack and _SIGNALS.stop is None:
+                undo = self._stack[-1]
+                if not self._due(undo, failed):
+                    self._stack.pop()
                     continue
                 if undo.when == TEMPORARY and self.keep_temporary:
-                    kept.append(undo)
+                    kept.append(self._stack.pop())
                     continue
                 self.reporter.step(f'Cleanup: {undo.description}')
                 try:
-                    undo.action()
+                    self._in_action = True
+                    with waits.capped(self.timeout, TIMEOUT_OPTION):
+                        undo.action()
+                except errors.Interrupted:
+                    if _SIGNALS.stop is None:
+                        raise
+                    break  # stays on the stack: listed below
                 except Exception as exc:
                     LOG.debug('Cleanup step failed', exc_info=True)
                     self.reporter.warn(
-                        f'Cleanup failed: {undo.description}: {exc}'
+                        f'Cleanup failed: {undo.description}: '
+                        f'{errors.describe(exc)}'
                     )
                     left.append(undo)
+                finally:
+                    self._in_action = False
+                self._stack.pop()
         finally:
             self._in_cleanup = False
+        if _SIGNALS.stop is not None:
+            for undo in reversed(self._stack):
+                if not self._due(undo, failed):
+                    continue
+                if undo.when == TEMPORARY and self.keep_temporary:
+                    kept.append(undo)
+                else:
+                    left.append(undo)
+            self._stack.clear()
         if kept:
             self.reporter.note(
                 'Kept temporary resources (--keep-temporary); remove them '
@@ -169,16 +301,32 @@ class Cleanup:
             )
         return left
 
+    @property
+    def stopped(self) -> str | None:
+        """The signal that stopped the waiting (a second signal), if any."""
+        return _SIGNALS.stop
+
     def leftover_message(self, left: list[Undo]) -> str:
-        lines = [
-            'Cleanup could not remove '
-            + ', '.join(u.leftover for u in left)
-            + '. Remove them with:'
-        ]
+        what = ', '.join(printable(u.leftover) for u in left)
+        if self.stopped:
+            head = (
+                f'{self.stopped} received again: stopped waiting. Not '
+                f'removed: {what}. Remove them with:'
+                if left
+                else f'{self.stopped} received again: stopped waiting; '
+                'nothing of this run is left.'
+            )
+        else:
+            head = f'Cleanup could not remove {what}. Remove them with:'
+        lines = [head]
         lines += [f'  {u.remove_command}' for u in left]
         if self.run_id and any(u.when == TEMPORARY for u in left):
             lines.append(
-                f'  (or: openstack backup cleanup --run-id {self.run_id})'
+                '  (or: '
+                + shell_command(
+                    'openstack', 'backup', 'cleanup', '--run-id', self.run_id
+                )
+                + ')'
             )
         return '\n'.join(lines)
 
@@ -191,7 +339,9 @@ class Cleanup:
         made the resource, but before the undo was added, would leave a
         resource nobody removes. A held signal is raised as
         :class:`errors.Interrupted` right after the block, also when the
-        block failed (the user's interrupt wins over a fall-back).
+        block failed (the user's interrupt wins over a fall-back). Every
+        API call has a finite timeout (see ``osc_backup.command``), so the
+        hold is bounded too.
         """
         self._holding += 1
         try:
@@ -202,20 +352,50 @@ class Cleanup:
                 name, self._held = self._held, None
                 raise errors.Interrupted(name)
 
+    def _announce(self, exc: KeyboardInterrupt) -> None:
+        """Say on stderr that the run stops and what happens now."""
+        due = [
+            u for u in self._stack
+            if not (u.when == TEMPORARY and self.keep_temporary)
+        ]
+        if not due or _SIGNALS.stop is not None:
+            return
+        name = getattr(exc, 'signame', 'SIGINT')
+        self.reporter.note(
+            f'{name} received: stopping and removing what this run '
+            f'created ({len(due)} step(s), each waiting at most '
+            f'{self.timeout:g}s). Press Ctrl-C again to stop waiting; '
+            'what is left is then listed with the commands that remove it.'
+        )
+
     @contextlib.contextmanager
     def guard(self) -> Iterator[Cleanup]:
         """Run the body; always clean up afterwards.
 
         Signals become :class:`errors.Interrupted` inside the body. If the
         cleanup leaves something behind, a :class:`errors.CleanupError`
-        names it (chained to the body's error, if any).
+        names it (chained to the body's error, if any); after a second
+        signal, the leftovers are printed and :class:`errors.Interrupted`
+        for that signal is raised.
         """
-        self._install_signals()
+        if not _SIGNALS.guards:
+            _SIGNALS.install()
+        _SIGNALS.guards.append(self)
         try:
             try:
                 yield self
             except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    self._announce(exc)
                 left = self.run(failed=True)
+                stop = self.stopped
+                if stop is not None:
+                    self.reporter.note(self.leftover_message(left))
+                    if isinstance(exc, errors.Interrupted) and (
+                        exc.signame == stop
+                    ):
+                        raise
+                    raise errors.Interrupted(stop) from exc
                 if left:
                     message = self.leftover_message(left)
                     if isinstance(exc, KeyboardInterrupt):
@@ -224,11 +404,20 @@ class Cleanup:
                     raise errors.CleanupError(f'{exc}\n{message}') from exc
                 raise
             left = self.run(failed=False)
+            made = f' ({self.outcome})' if self.outcome else ''
+            stop = self.stopped or self._late
+            if stop is not None:
+                if self.outcome:
+                    self.reporter.note(f'The backup was made{made}.')
+                if left or self.stopped:
+                    self.reporter.note(self.leftover_message(left))
+                raise errors.Interrupted(stop)
             if left:
-                made = f' ({self.outcome})' if self.outcome else ''
                 raise errors.CleanupError(
                     f'The backup succeeded{made}, but '
                     + self.leftover_message(left)
                 )
         finally:
-            self._restore_signals()
+            _SIGNALS.guards.remove(self)
+            if not _SIGNALS.guards:
+                _SIGNALS.restore()

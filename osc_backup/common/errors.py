@@ -10,12 +10,19 @@
 #   License for the specific language governing permissions and limitations
 #   under the License.
 
-"""Errors raised by osc-backup procedures.
+"""Errors raised by osc-backup procedures, and how the cloud's are told.
 
 Procedures know nothing of cliff: they raise these, and the command layer
 turns them into ``osc_lib.exceptions.CommandError`` (one line on stderr,
-non-zero exit).
+non-zero exit). :func:`describe` is the one place that turns an error the
+SDK or keystoneauth raised into such a line.
 """
+
+from __future__ import annotations
+
+import signal
+
+from osc_backup.common.text import printable
 
 
 class BackupError(Exception):
@@ -34,6 +41,10 @@ class WaitTimeout(WaitError):
     """A bounded wait ran out of time."""
 
 
+class DeleteFailed(WaitError):
+    """The cloud accepted a deletion, then failed it (``error_deleting``)."""
+
+
 class CleanupError(BackupError):
     """Temporary resources could not be removed; the message says how."""
 
@@ -44,6 +55,40 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signame: str) -> None:
         super().__init__(signame)
         self.signame = signame
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a signal's death:
+        130 for SIGINT, 143 for SIGTERM."""
+        try:
+            return 128 + int(signal.Signals[self.signame])
+        except KeyError:
+            return 130
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error the SDK or keystoneauth raised.
+
+    An HTTP error names the request, the status and the cloud's own
+    explanation (``POST .../volumes failed: HTTP 413: VolumeSizeExceeds
+    AvailableQuota...``) instead of the SDK's ``ConflictException: 409:
+    Client Error for url: ...``; control characters in what the cloud
+    said are escaped. Anything else is its message, on one line.
+    """
+    status = getattr(exc, 'status_code', None)
+    url = getattr(exc, 'url', None)
+    if isinstance(status, int) and url:
+        method = getattr(exc, 'method', None) or 'request to'
+        details = getattr(exc, 'details', None)
+        text = f'{method} {url} failed: HTTP {status}'
+        if details:
+            text += f': {details}'
+        request_id = getattr(exc, 'request_id', None)
+        if request_id:
+            text += f' (request ID {request_id})'
+    else:
+        text = str(exc) or type(exc).__name__
+    return ' '.join(printable(part) for part in text.split())
 
 
 def check_response(resp: object, what: str, expected: tuple[int, ...]) -> None:

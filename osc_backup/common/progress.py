@@ -16,6 +16,10 @@ stdout belongs to the formatted result (``-f json``, ``-f value``); progress
 lines go to stderr and only when stderr is a terminal. Warnings and notices
 are always written, because they tell the user something about the result
 (e.g. that a backup is only crash-consistent).
+
+Everything written is passed through :func:`~osc_backup.common.text.
+printable_lines`: a name with terminal control characters in it is shown
+escaped, never obeyed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import sys
 import time
 from typing import TextIO
+
+from osc_backup.common.text import printable_lines
 
 
 class Reporter:
@@ -39,7 +45,7 @@ class Reporter:
         self._started = time.monotonic()
 
     def _write(self, text: str) -> None:
-        self.stream.write(text + '\n')
+        self.stream.write(printable_lines(text) + '\n')
         self.stream.flush()
 
     def step(self, message: str) -> None:

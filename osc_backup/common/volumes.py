@@ -29,11 +29,13 @@ from osc_backup.common import microversion
 from osc_backup.common import waits
 from osc_backup.common.cleanup import Cleanup
 from osc_backup.common.tags import Run
+from osc_backup.common.text import printable
 
 LOG = logging.getLogger(__name__)
 
 #: how long one cleanup step may wait (independent of --timeout, which
-#: may already be spent when cleanup runs)
+#: may already be spent when cleanup runs); inside the cleanup stack each
+#: undo action is capped further by --cleanup-timeout (cleanup.py)
 CLEANUP_TIMEOUT = 600.0
 
 #: volume statuses from which a volume returns by itself (we wait them out
@@ -68,7 +70,10 @@ def backup_consistency(volume: Any) -> str:
 
 
 def volume_label(volume: Any) -> str:
-    return f"{volume.id} ({volume.name})" if volume.name else volume.id
+    """``ID (name)`` for messages, control characters escaped."""
+    if volume.name:
+        return f"{printable(volume.id)} ({printable(volume.name)})"
+    return printable(volume.id)
 
 
 def _settle(
@@ -167,7 +172,8 @@ def create_temporary_snapshot(
                 step='delete temporary snapshot', interval=interval,
             ),
             leftover=f'snapshot {snap.id}',
-            remove_command=f'openstack volume snapshot delete {snap.id}',
+            remove_command=['openstack', 'volume', 'snapshot', 'delete',
+                            snap.id],
         )
     return waits.wait_for_status(
         block_storage, snap, 'available', kind='snapshot',
@@ -202,7 +208,7 @@ def create_temporary_volume(
                 step='delete temporary volume', interval=interval,
             ),
             leftover=f'volume {vol.id}',
-            remove_command=f'openstack volume delete {vol.id}',
+            remove_command=['openstack', 'volume', 'delete', vol.id],
         )
     return waits.wait_for_status(
         block_storage, vol, 'available', kind='volume',

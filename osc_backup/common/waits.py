@@ -15,20 +15,33 @@
 Built on openstacksdk's ``wait_for_status`` / ``wait_for_delete`` (which
 every proxy has). Every wait is bounded; a failure state or a timeout
 becomes an error that names the step, the resource, its status and any
-fault message the cloud recorded.
+fault message the cloud recorded (Cinder's user messages included).
+
+Two bounds apply to a wait: its own ``timeout`` (a number of seconds or a
+:class:`Deadline` shared by a run, from ``--timeout``) and, inside a
+:func:`capped` block, the cap of that block (the cleanup stack caps each
+undo action with ``--cleanup-timeout``). The earlier end wins, and the
+timeout message names the option that set it.
+
+A deletion the cloud accepted but then failed (Cinder's ``error_deleting``;
+``error`` for a backup) ends the wait at once: waiting longer cannot help.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
+from osc_backup.common.text import printable
 
 LOG = logging.getLogger(__name__)
 
@@ -52,10 +65,28 @@ FAILURES: dict[str, list[str]] = {
     'image': ['killed', 'deleted', 'pending_delete', 'deactivated'],
 }
 
+#: Statuses in which a deletion the cloud accepted has failed: Cinder marks
+#: a volume or snapshot it could not delete ``error_deleting``, and a
+#: backup ``error`` (its API sets ``deleting`` before it answers, so a
+#: status seen after the delete call is the outcome of that call).
+DELETE_FAILURES: dict[str, list[str]] = {
+    'volume': ['error_deleting'],
+    'snapshot': ['error_deleting'],
+    'backup': ['error_deleting', 'error'],
+}
+
+#: The Block Storage microversion that has user messages (``/messages``).
+#: openstacksdk's Message resource names none, so without it the request
+#: goes out as 3.0 and Cinder answers 404.
+MESSAGES_MICROVERSION = '3.3'
+
 DEFAULT_INTERVAL = 2.0
 
 #: transient errors (dropped connections, 502/503/504) ridden out in a row
 TRANSIENT_RETRIES = 5
+
+#: the option that sets a wait's own timeout, for messages
+TIMEOUT_OPTION = '--timeout'
 
 
 class Deadline:
@@ -72,10 +103,50 @@ class Deadline:
         return max(0.0, self._end - self._clock())
 
 
-def _budget(timeout: float | Deadline) -> float:
+@dataclass(frozen=True)
+class _Cap:
+    deadline: Deadline
+    #: the option that sets it, named in timeout messages
+    option: str
+
+
+_CAP: contextvars.ContextVar[_Cap | None] = contextvars.ContextVar(
+    'osc_backup_wait_cap', default=None
+)
+
+
+@contextlib.contextmanager
+def capped(seconds: float, option: str) -> Iterator[Deadline]:
+    """Every wait inside the block ends at most ``seconds`` from now.
+
+    Nested blocks keep the earlier end. ``option`` is what the user raises
+    to allow more time (e.g. ``--cleanup-timeout``); timeout messages of
+    the waits this cap cuts short name it.
+    """
+    cap = _Cap(Deadline(seconds), option)
+    outer = _CAP.get()
+    if outer is not None and outer.deadline.remaining() <= seconds:
+        cap = outer
+    token = _CAP.set(cap)
+    try:
+        yield cap.deadline
+    finally:
+        _CAP.reset(token)
+
+
+def _bound(timeout: float | Deadline) -> tuple[Deadline, float, str]:
+    """The deadline a wait must meet, the seconds it has now, and the
+    option that sets that deadline."""
     if isinstance(timeout, Deadline):
-        return timeout.remaining()
-    return float(timeout)
+        own, budget = timeout, timeout.remaining()
+    else:
+        own, budget = Deadline(timeout), float(timeout)
+    cap = _CAP.get()
+    if cap is not None:
+        capped_budget = cap.deadline.remaining()
+        if capped_budget < budget:
+            return cap.deadline, capped_budget, cap.option
+    return own, budget, TIMEOUT_OPTION
 
 
 def _fault(proxy: Any, resource: Any) -> str:
@@ -85,17 +156,34 @@ def _fault(proxy: Any, resource: Any) -> str:
         if value:
             if isinstance(value, dict):
                 value = value.get('message') or value
-            return str(value)
+            return printable(value)
+    return user_message(proxy, getattr(resource, 'id', resource))
+
+
+def user_message(proxy: Any, resource_id: str) -> str:
+    """The newest Cinder user message about ``resource_id``, or ''.
+
+    Cinder records why an asynchronous operation failed (``No valid
+    backend was found``...) as a user message, available from Block
+    Storage microversion 3.3 on; openstacksdk sends none for it by itself.
+    A failing lookup returns '' (it must never mask the error it explains).
+    """
     messages = getattr(proxy, 'messages', None)
     if messages is None:
         return ''
     try:
-        for msg in messages(sort='created_at:desc', limit=50):
-            if getattr(msg, 'resource_uuid', None) == resource.id:
-                return str(msg.user_message)
+        found = [
+            msg
+            for msg in messages(microversion=MESSAGES_MICROVERSION)
+            if getattr(msg, 'resource_uuid', None) == resource_id
+        ]
     except Exception as exc:  # a fault lookup must never mask the error
         LOG.debug('Could not read Cinder user messages: %s', exc)
-    return ''
+        return ''
+    if not found:
+        return ''
+    newest = max(found, key=lambda m: str(getattr(m, 'created_at', '') or ''))
+    return printable(getattr(newest, 'user_message', '') or '')
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -169,18 +257,19 @@ def wait_for_status(
     :param kind: 'volume', 'snapshot', 'backup' or 'image' (for messages
         and for the default failure states).
     :param step: what the run was doing, for the error message.
-    :param timeout: seconds, or a :class:`Deadline` shared by the run.
+    :param timeout: seconds, or a :class:`Deadline` shared by the run
+        (and never past the end of an enclosing :func:`capped` block).
     :raises WaitError: the resource went to a failure state or vanished.
     :raises WaitTimeout: the time ran out.
     """
-    wait = _budget(timeout)
-    res_id = getattr(resource, 'id', resource)
+    deadline, wait, option = _bound(timeout)
+    res_id = printable(getattr(resource, 'id', resource))
     if failures is None:
         failures = FAILURES.get(kind, ['error'])
     if wait <= 0:
         raise errors.WaitTimeout(
             f"Timed out before step '{step}': no time left to wait for "
-            f"{kind} {res_id} to become '{status}' (raise --timeout)."
+            f"{kind} {res_id} to become '{status}' (raise {option})."
         )
     # Start from the cloud's view: openstacksdk returns at once when the
     # object in hand already shows ``status`` (e.g. a volume fetched before
@@ -203,7 +292,7 @@ def wait_for_status(
                 interval=interval,
                 wait=left,
             ),
-            timeout,
+            deadline,
             interval,
             f"Step '{step}' failed: lost contact with the cloud while "
             f"waiting for {kind} {res_id}",
@@ -213,8 +302,9 @@ def wait_for_status(
         now = getattr(current, 'status', 'unknown') if current else 'gone'
         raise errors.WaitTimeout(
             f"Timed out after {int(wait)}s in step '{step}': {kind} "
-            f"{res_id} is '{now}', expected '{status}' (raise --timeout, or "
-            f"inspect it with 'openstack {cli_noun(kind)} show {res_id}')."
+            f"{res_id} is '{printable(now)}', expected '{status}' (raise "
+            f"{option}, or inspect it with 'openstack {cli_noun(kind)} "
+            f"show {res_id}')."
         ) from None
     except sdk_exc.ResourceFailure as exc:
         current = _refresh(proxy, resource, kind)
@@ -227,7 +317,7 @@ def wait_for_status(
         detail = f': {fault}' if fault else ''
         raise errors.WaitError(
             f"Step '{step}' failed: {kind} {res_id} went to status "
-            f"'{getattr(current, 'status', '?')}'{detail}"
+            f"'{printable(getattr(current, 'status', '?'))}'{detail}"
         ) from exc
     except sdk_exc.NotFoundException:
         raise errors.WaitError(
@@ -245,15 +335,37 @@ def wait_for_delete(
     timeout: float | Deadline,
     interval: float = DEFAULT_INTERVAL,
 ) -> None:
-    """Wait until ``resource`` is gone (404); bounded."""
-    wait = _budget(timeout)
-    res_id = getattr(resource, 'id', resource)
+    """Wait until ``resource`` is gone (404); bounded.
+
+    Call it after the delete request: a status in
+    :data:`DELETE_FAILURES` (``error_deleting``) means the cloud gave up
+    on the deletion, and the wait ends at once with
+    :class:`errors.DeleteFailed`.
+
+    :raises DeleteFailed: the cloud could not delete it.
+    :raises WaitTimeout: it is still there when the time runs out.
+    """
+    deadline, wait, option = _bound(timeout)
+    res_id = printable(getattr(resource, 'id', resource))
+    failed = DELETE_FAILURES.get(kind, [])
+
+    def check(_progress: int) -> None:
+        # openstacksdk refreshes ``resource`` in place before each call
+        now = getattr(resource, 'status', None)
+        if isinstance(now, str) and now.lower() in failed:
+            fault = _fault(proxy, resource)
+            detail = f': {fault}' if fault else ''
+            raise errors.DeleteFailed(
+                f"Step '{step}' failed: the cloud could not delete {kind} "
+                f"{res_id}, it went to status '{printable(now)}'{detail}"
+            )
+
     try:
         _riding_out_blips(
             lambda left: proxy.wait_for_delete(
-                resource, interval=interval, wait=left
+                resource, interval=interval, wait=left, callback=check
             ),
-            timeout,
+            deadline,
             interval,
             f"Step '{step}' failed: lost contact with the cloud while "
             f"waiting for {kind} {res_id} to be deleted",
@@ -263,7 +375,8 @@ def wait_for_delete(
         now = getattr(current, 'status', 'unknown') if current else 'gone'
         raise errors.WaitTimeout(
             f"Timed out after {int(wait)}s in step '{step}': {kind} "
-            f"{res_id} is still there with status '{now}'."
+            f"{res_id} is still there with status '{printable(now)}' "
+            f"(raise {option})."
         ) from None
 
 

@@ -240,6 +240,7 @@ class RestoreImage(command.ShowOne):
                 '(default: 3600); the new image is then deleted'
             ),
         )
+        command.add_cleanup_timeout_arg(parser)
         return parser
 
     def backup_action(

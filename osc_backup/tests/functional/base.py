@@ -9,6 +9,13 @@ minicloud's clouds.yaml.
 Skip rule: outside CI a cloud that is not up (``tools/minicloud status``
 exits non-zero) skips the tests with a message; with ``CI=true`` it fails
 them.
+
+Every command a test runs (through :meth:`FunctionalTestCase.openstack`,
+:meth:`FunctionalTestCase.run_cli`, or handed to
+:meth:`FunctionalTestCase.record` by a test that runs its own process) is
+logged with its exit status, stdout and stderr; when the test fails, that
+log is attached to the failure as the ``commands`` detail, so every failure
+message carries the stderr of the commands that led to it.
 """
 
 import hashlib
@@ -21,6 +28,7 @@ import time
 import uuid
 
 import testtools
+from testtools import content
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -35,6 +43,10 @@ MiB = 1024 ** 2
 WAIT_TIMEOUT = int(os.environ.get('OSC_BACKUP_FUNCTIONAL_TIMEOUT', '300'))
 #: bound for one command
 COMMAND_TIMEOUT = 900
+#: how much of each command's output the failure detail shows
+DETAIL_CHARS = 4000
+#: name prefix of every temporary resource osc-backup creates
+TEMPORARY_PREFIX = 'osc-backup-tmp-'
 
 
 class CommandFailed(Exception):
@@ -133,14 +145,57 @@ class FunctionalTestCase(testtools.TestCase):
 
     def setUp(self):
         super().setUp()
+        self._commands = []
+        self.addOnException(self._attach_commands)
         check_cloud(self)
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith('OS_')}
         self.env['OS_CLIENT_CONFIG_FILE'] = clouds_yaml()
 
+    # ---- the command log -------------------------------------------------
+    def record(self, argv, returncode, stdout, stderr, *, quiet=False):
+        """Log one command run by this test (see the module docstring).
+
+        quiet: a polling command (status checks); the failure detail
+        shows only the last few of those.
+        """
+        self._commands.append(
+            (quiet, shlex.join(str(a) for a in argv), returncode,
+             stdout or '', stderr or ''))
+
+    def _attach_commands(self, exc_info):
+        if not self._commands:
+            return
+        quiet_seen = sum(1 for c in self._commands if c[0])
+        lines = []
+        for quiet, cmd, rc, out, err in self._commands:
+            if quiet:
+                quiet_seen -= 1
+                if quiet_seen >= 5:
+                    continue
+            lines.append(f'$ {cmd}\n# exit status {rc}')
+            if err:
+                lines.append('# stderr:\n' + err[-DETAIL_CHARS:].rstrip())
+            if out and not quiet:
+                lines.append('# stdout:\n' + out[:DETAIL_CHARS].rstrip())
+        self.addDetail('commands', content.text_content('\n'.join(lines)))
+
     # ---- commands ------------------------------------------------------
+    def run_cli(self, args, *, cloud=MEMBER_CLOUD, input=None,
+                timeout=COMMAND_TIMEOUT, quiet=False):
+        """Run `openstack --os-cloud CLOUD ARGS`; log it; return the
+        CompletedProcess (text), whatever its exit status."""
+        argv = [OPENSTACK, '--os-cloud', cloud, *args]
+        p = subprocess.run(argv, env=self.env, input=input,
+                           stdin=None if input is not None
+                           else subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=timeout)
+        self.record(argv, p.returncode, p.stdout, p.stderr, quiet=quiet)
+        return p
+
     def openstack(self, cmd, *, cloud=MEMBER_CLOUD, parse_output=False,
-                  fail_ok=False, input=None, timeout=COMMAND_TIMEOUT):
+                  fail_ok=False, input=None, timeout=COMMAND_TIMEOUT,
+                  quiet=False):
         """Run `openstack --os-cloud CLOUD CMD`.
 
         cmd is a string (split like a shell does) or a list.  Returns
@@ -148,13 +203,11 @@ class FunctionalTestCase(testtools.TestCase):
         Raises CommandFailed on a non-zero exit unless fail_ok.
         """
         args = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
-        argv = [OPENSTACK, '--os-cloud', cloud, *args]
         if parse_output:
-            argv += ['-f', 'json']
-        p = subprocess.run(argv, env=self.env, input=input,
-                           stdin=None if input is not None
-                           else subprocess.DEVNULL,
-                           capture_output=True, text=True, timeout=timeout)
+            args += ['-f', 'json']
+        p = self.run_cli(args, cloud=cloud, input=input, timeout=timeout,
+                         quiet=quiet)
+        argv = p.args
         if p.returncode != 0 and not fail_ok:
             raise CommandFailed(p.returncode, ' '.join(argv), p.stdout,
                                 p.stderr)
@@ -177,7 +230,7 @@ class FunctionalTestCase(testtools.TestCase):
         deadline = time.time() + timeout
         while True:
             info = self.openstack(f'{resource} show {ident}',
-                                  cloud=cloud, parse_output=True)
+                                  cloud=cloud, parse_output=True, quiet=True)
             current = info.get('status')
             if current == status:
                 return info
@@ -195,13 +248,31 @@ class FunctionalTestCase(testtools.TestCase):
         while True:
             try:
                 self.openstack(f'{resource} show {ident}', cloud=cloud,
-                               parse_output=True)
+                               parse_output=True, quiet=True)
             except CommandFailed:
                 return
             if time.time() > deadline:
                 self.fail(f'{resource} {ident} not deleted after '
                           f'{timeout}s')
             time.sleep(interval)
+
+    def temporaries(self, run_id='', *, cloud=MEMBER_CLOUD):
+        """Temporary volumes and snapshots of osc-backup in the project,
+        of the run ``run_id`` only when given, in any status (a deletion
+        in progress counts): ``[(kind, name, status)]``.
+
+        The project is shared by the tests that run at the same time: a
+        test asserts on the runs it started, never on the whole project.
+        """
+        prefix = TEMPORARY_PREFIX + (f'{run_id}-' if run_id else '')
+        found = []
+        for kind in ('volume', 'volume snapshot'):
+            for row in self.openstack([*kind.split(), 'list'], cloud=cloud,
+                                      parse_output=True, quiet=True):
+                name = row.get('Name') or ''
+                if name.startswith(prefix):
+                    found.append((kind, name, row.get('Status')))
+        return found
 
     # ---- resources (deleted by addCleanup) ------------------------------
     def unique_name(self, prefix='osc-backup-ft'):
@@ -243,7 +314,8 @@ class FunctionalTestCase(testtools.TestCase):
         while time.time() < deadline:
             try:
                 info = self.openstack([*resource.split(), 'show', ident],
-                                      cloud=cloud, parse_output=True)
+                                      cloud=cloud, parse_output=True,
+                                      quiet=True)
             except CommandFailed:
                 return
             if info.get('status') not in busy:

@@ -29,11 +29,7 @@ class ServerBackupTestCase(base.FunctionalTestCase):
 
     # ---- helpers ------------------------------------------------------
     def backup(self, *args):
-        argv = [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
-                'server', 'create', *args]
-        return subprocess.run(
-            argv, env=self.env, stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, timeout=base.COMMAND_TIMEOUT)
+        return self.run_cli(['backup', 'server', 'create', *args])
 
     def backup_json(self, *args):
         p = self.backup(*args, '-f', 'json')
@@ -92,9 +88,9 @@ class ServerBackupTestCase(base.FunctionalTestCase):
                 os.unlink(leftover)
         return sha
 
-    def our_leftovers(self, source=''):
-        """Temporary snapshots/volumes of osc-backup in the project (of
-        the volume named ``source``)."""
+    def our_leftovers(self, source):
+        """Temporary snapshots/volumes of osc-backup of the volume named
+        ``source`` (unique to this test: other tests run meanwhile)."""
         names = [
             v['Name'] or '' for v in self.openstack(
                 'volume list', parse_output=True)
@@ -121,6 +117,9 @@ class ServerBackupTestCase(base.FunctionalTestCase):
 
         result, stderr = self.backup_json(server['id'], '--download',
                                           self.tmp)
+        # "nothing left when I return": the run's temporaries are gone,
+        # not even 'deleting' (listed before anything else is done)
+        self.assertEqual([], self.temporaries(result['run_id']))
 
         self.assertFalse(result['volume_backed'])
         self.assertEqual('crash-consistent', result['consistency'])
@@ -158,7 +157,6 @@ class ServerBackupTestCase(base.FunctionalTestCase):
                                parse_output=True)['properties']
         self.assertEqual(server['id'], props['osc_backup_server_id'])
         self.assertEqual(vol['id'], props['osc_backup_source_volume_id'])
-        self.assertEqual([], self.our_leftovers())
 
     def test_volume_booted_server_stopped(self):
         boot = self.create_volume(1)
@@ -187,7 +185,7 @@ class ServerBackupTestCase(base.FunctionalTestCase):
                                     '--volume', boot['id']],
                                    parse_output=True)
         self.assertEqual([], snapshots)
-        self.assertEqual([], self.our_leftovers())
+        self.assertEqual([], self.temporaries(result['run_id']))
 
     def test_ctrl_c_keeps_and_names_what_is_done(self):
         image, _sha = self.create_raw_image()
@@ -207,7 +205,8 @@ class ServerBackupTestCase(base.FunctionalTestCase):
             self.assertLess(time.time(), deadline, 'no temporary snapshot')
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=600)
+        out, err = proc.communicate(timeout=600)
+        self.record(argv, proc.returncode, out, err)
         roots = self.openstack(
             ['image', 'list', '--property',
              f"osc_backup_server_id={server['id']}"], parse_output=True)
@@ -255,7 +254,7 @@ class ServerBackupTestCase(base.FunctionalTestCase):
         self.addCleanup(self._delete_volume, restored['volume_id'],
                         base.MEMBER_CLOUD)
         self.assertEqual(vol_sha, self.volume_sha256(restored['volume_id']))
-        self.assertEqual([], self.our_leftovers())
+        self.assertEqual([], self.temporaries(result['run_id']))
 
     def test_bad_input_creates_nothing(self):
         p = self.backup('no-such-server-' + self.unique_name())

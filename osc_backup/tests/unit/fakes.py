@@ -1,7 +1,11 @@
 """Spec'd openstacksdk proxies and fake resources for unit tests."""
 
+import collections
 from unittest import mock
 
+import fixtures
+from openstack import exceptions as sdk_exc
+from openstack import resource as sdk_resource
 from openstack.block_storage import block_storage_service
 from openstack.block_storage.v3 import snapshot as _snapshot
 from openstack.block_storage.v3 import volume as _volume
@@ -83,3 +87,62 @@ class FakeClientMixin:
         conn.block_storage = self.block_storage
         conn.image = self.image_client
         self.conn = conn
+
+
+class CloudStatuses(fixtures.Fixture):
+    """A fake cloud behind openstacksdk's *real* wait loops.
+
+    The proxies' ``wait_for_status`` / ``wait_for_delete`` become the SDK's
+    own polling functions (sleeps, timeouts, callbacks and all), and every
+    ``fetch`` they make reads the next status from a timeline set per
+    resource: ``cloud.timeline(vol, 'deleting', 'error_deleting')``. The
+    last status repeats; ``None`` means the resource is gone (404).
+    Unlike ``wait_for_delete.return_value = None``, a wait only ends when
+    the cloud says so, and never before its time.
+    """
+
+    def __init__(self, *proxies):
+        super().__init__()
+        self.proxies = proxies
+        self.timelines = {}
+        #: resource ID -> number of fetches
+        self.polls = collections.Counter()
+
+    def _setUp(self):
+        self.useFixture(fixtures.MockPatchObject(
+            sdk_resource.Resource, 'fetch', autospec=True,
+            side_effect=self._fetch,
+        ))
+        for proxy in self.proxies:
+            proxy.wait_for_status.side_effect = self._status_waiter(proxy)
+            proxy.wait_for_delete.side_effect = self._delete_waiter(proxy)
+
+    def timeline(self, res, *statuses):
+        self.timelines[res.id] = list(statuses)
+
+    def _fetch(self, res, session, *args, **kwargs):
+        self.polls[res.id] += 1
+        seq = self.timelines.get(res.id)
+        if not seq:
+            return res
+        status = seq.pop(0) if len(seq) > 1 else seq[0]
+        if status is None:
+            raise sdk_exc.NotFoundException(f'{res.id} not found')
+        res.status = status
+        return res
+
+    @staticmethod
+    def _status_waiter(proxy):
+        def wait(res, status='available', failures=None, interval=2,
+                 wait=None, attribute='status', callback=None):
+            return sdk_resource.wait_for_status(
+                proxy, res, status, failures, interval, wait, attribute,
+                callback)
+        return wait
+
+    @staticmethod
+    def _delete_waiter(proxy):
+        def wait(res, interval=2, wait=120, callback=None):
+            return sdk_resource.wait_for_delete(
+                proxy, res, interval, wait, callback)
+        return wait

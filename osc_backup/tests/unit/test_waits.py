@@ -1,3 +1,4 @@
+import time
 from unittest import mock
 
 from openstack import exceptions as sdk_exc
@@ -52,6 +53,33 @@ class TestWaitForStatus(base.TestCase):
         self.assertIn(self.vol.id, text)
         self.assertIn("'error'", text)
         self.assertIn('No valid host', text)
+        # user messages exist from Block Storage 3.3 on; without it Cinder
+        # answers 404 and the fault is never found
+        self.bs.messages.assert_called_once_with(
+            microversion=waits.MESSAGES_MICROVERSION
+        )
+        self.assertEqual('3.3', waits.MESSAGES_MICROVERSION)
+
+    def test_newest_user_message_of_the_resource_wins(self):
+        self.bs.wait_for_status.side_effect = sdk_exc.ResourceFailure('x')
+        self.bs.get_volume.return_value = fakes.volume(
+            id=self.vol.id, status='error'
+        )
+        self.bs.messages.return_value = iter([
+            mock.Mock(resource_uuid=self.vol.id, user_message='old',
+                      created_at='2026-01-01T00:00:00.000000'),
+            mock.Mock(resource_uuid='other', user_message='not this one',
+                      created_at='2026-01-03T00:00:00.000000'),
+            mock.Mock(resource_uuid=self.vol.id, user_message='new\x1b[2J',
+                      created_at='2026-01-02T00:00:00.000000'),
+        ])
+        exc = self.assertRaises(
+            errors.WaitError,
+            waits.wait_for_status,
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=30,
+        )
+        self.assertTrue(str(exc).endswith(': new\\x1b[2J'), str(exc))
 
     def test_fault_lookup_failure_does_not_mask_error(self):
         self.bs.wait_for_status.side_effect = sdk_exc.ResourceFailure('x')
@@ -142,8 +170,100 @@ class TestWaitForDelete(base.TestCase):
         vol = fakes.volume()
         waits.wait_for_delete(bs, vol, kind='volume', step='s', timeout=7)
         bs.wait_for_delete.assert_called_once_with(
-            vol, interval=waits.DEFAULT_INTERVAL, wait=7
+            vol, interval=waits.DEFAULT_INTERVAL, wait=7, callback=mock.ANY
         )
+
+
+class TestRealWaits(base.TestCase):
+    """openstacksdk's own polling loops against a fake cloud's statuses."""
+
+    def setUp(self):
+        super().setUp()
+        self.bs, _ = fakes.make_proxies()
+        self.cloud = self.useFixture(fakes.CloudStatuses(self.bs))
+        self.vol = fakes.volume(status='deleting')
+        self.bs.get_volume.side_effect = lambda vid: self.vol
+
+    def delete_wait(self, **kwargs):
+        kwargs.setdefault('timeout', 60)
+        kwargs.setdefault('interval', 0.01)
+        return waits.wait_for_delete(
+            self.bs, self.vol, kind=kwargs.pop('kind', 'volume'),
+            step='delete temporary volume', **kwargs,
+        )
+
+    def test_waits_until_gone(self):
+        self.cloud.timeline(self.vol, 'deleting', 'deleting', None)
+        self.delete_wait()
+        self.assertEqual(3, self.cloud.polls[self.vol.id])
+
+    def test_error_deleting_gives_up_at_once(self):
+        self.cloud.timeline(self.vol, 'deleting', 'error_deleting')
+        self.bs.messages.return_value = iter([mock.Mock(
+            resource_uuid=self.vol.id, created_at='2026',
+            user_message='Delete volume failed: the backend is busy')])
+        started = time.monotonic()
+        exc = self.assertRaises(errors.DeleteFailed, self.delete_wait)
+        self.assertLess(time.monotonic() - started, 1)
+        self.assertEqual(2, self.cloud.polls[self.vol.id])
+        text = str(exc)
+        self.assertIn('delete temporary volume', text)
+        self.assertIn(f"could not delete volume {self.vol.id}", text)
+        self.assertIn("'error_deleting'", text)
+        self.assertIn('the backend is busy', text)
+        self.bs.messages.assert_called_once_with(microversion='3.3')
+
+    def test_a_failed_backup_deletion_is_error(self):
+        backup = fakes.volume(status='deleting')  # any resource will do
+        self.vol = backup
+        self.cloud.timeline(backup, 'deleting', 'error')
+        self.assertRaises(errors.DeleteFailed, self.delete_wait, kind='backup')
+
+    def test_error_is_not_a_failed_volume_deletion(self):
+        # a volume in 'error' is deleted from there; only error_deleting
+        # says the deletion failed
+        self.cloud.timeline(self.vol, 'error', 'deleting', None)
+        self.delete_wait()
+
+    def test_cap_bounds_a_longer_timeout_and_names_its_option(self):
+        self.cloud.timeline(self.vol, 'deleting')
+        started = time.monotonic()
+        with waits.capped(1, '--cleanup-timeout'):
+            exc = self.assertRaises(
+                errors.WaitTimeout, self.delete_wait, timeout=600,
+                interval=0.05,
+            )
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertIn('--cleanup-timeout', str(exc))
+        self.assertIn("still there with status 'deleting'", str(exc))
+
+    def test_status_waits_are_capped_too(self):
+        self.cloud.timeline(self.vol, 'creating')
+        with waits.capped(1, '--cleanup-timeout'):
+            exc = self.assertRaises(
+                errors.WaitTimeout, waits.wait_for_status, self.bs,
+                self.vol, 'available', kind='volume', step='s',
+                timeout=600, interval=0.05,
+            )
+        self.assertIn('raise --cleanup-timeout', str(exc))
+
+    def test_own_timeout_when_shorter_than_the_cap(self):
+        self.cloud.timeline(self.vol, 'creating')
+        with waits.capped(600, '--cleanup-timeout'):
+            exc = self.assertRaises(
+                errors.WaitTimeout, waits.wait_for_status, self.bs,
+                self.vol, 'available', kind='volume', step='s',
+                timeout=1, interval=0.05,
+            )
+        self.assertIn('raise --timeout', str(exc))
+
+    def test_nested_caps_keep_the_earlier_end(self):
+        with waits.capped(5, 'outer'):
+            with waits.capped(100, 'inner') as deadline:
+                self.assertLessEqual(deadline.remaining(), 5)
+            with waits.capped(1, 'inner') as deadline:
+                self.assertLessEqual(deadline.remaining(), 1)
+        self.assertIsNone(waits._CAP.get())
 
 
 class TestTransientErrors(base.TestCase):
