@@ -85,29 +85,35 @@ def backup_server(
     try:
         for disk in plan.disks:
             if disk.role == server_plan.ROLE_ROOT:
-                disk.result = server_root.snapshot_root(
+                image = server_root.snapshot_root(
                     conn, server, disk, opts, plan, run, reporter, deadline
                 )
-            else:
-                assert disk.choice is not None
-                image_opts, backup_opts = server_plan.volume_opts(
-                    opts, server, disk, plan.consistency, run
+                disk.result = server_root.describe(image, plan)
+                # a complete backup from here on: kept, named on failure
+                done.append(disk)
+                server_root.finish_root(
+                    conn, image, server, disk, opts, plan, run, reporter
                 )
-                left = deadline.remaining()
-                if left <= 0:
-                    raise errors.WaitTimeout(
-                        f'Timed out before backing up volume '
-                        f'{disk.volume.id} (raise --timeout).'
-                    )
-                image_opts.timeout = backup_opts.timeout = left
-                reporter.step(
-                    f'Volume {volumes.volume_label(disk.volume)} at '
-                    f'{disk.device}'
+                continue
+            assert disk.choice is not None
+            image_opts, backup_opts = server_plan.volume_opts(
+                opts, server, disk, plan.consistency, run
+            )
+            left = deadline.remaining()
+            if left <= 0:
+                raise errors.WaitTimeout(
+                    f'Timed out before backing up volume '
+                    f'{disk.volume.id} (raise --timeout).'
                 )
-                disk.result = volume_choice.backup_volume(
-                    conn, disk.volume, disk.choice, image_opts, backup_opts,
-                    run=run, reporter=reporter,
-                )
+            image_opts.timeout = backup_opts.timeout = left
+            reporter.step(
+                f'Volume {volumes.volume_label(disk.volume)} at '
+                f'{disk.device}'
+            )
+            disk.result = volume_choice.backup_volume(
+                conn, disk.volume, disk.choice, image_opts, backup_opts,
+                run=run, reporter=reporter,
+            )
             done.append(disk)
     except BaseException as exc:
         if done:

@@ -26,6 +26,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from openstack import exceptions as sdk_exc
@@ -36,6 +37,7 @@ from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.common.cleanup import Cleanup
 from osc_backup.common.progress import Reporter
+from osc_backup.procedures import secrets
 from osc_backup.procedures import server_manifest
 from osc_backup.procedures import server_plan
 from osc_backup.procedures import volume_image
@@ -44,14 +46,12 @@ from osc_backup.procedures import volume_image
 METHOD = 'server-image'
 
 
-def snapshot_root(
-    conn: Any, server: Any, disk: server_plan.Disk,
-    opts: server_plan.Options, plan: server_plan.Plan, run: tags.Run,
-    reporter: Reporter, deadline: waits.Deadline,
-) -> dict[str, Any]:
-    """createImage of the ephemeral root disk; wait until active."""
-    label = server_plan.server_label(server)
-    name = server_plan.root_image_name(server, opts, run)
+def root_record(
+    server: Any, disk: server_plan.Disk, opts: server_plan.Options,
+    plan: server_plan.Plan, run: tags.Run,
+) -> dict[str, str]:
+    """The root disk image's properties: the complete record of this run
+    and the user's properties."""
     metadata = {
         **volume_image.base_record(METHOD, plan.consistency, run),
         server_plan.PROP_FLAVOR: server_manifest.flavor_name(server),
@@ -60,6 +60,22 @@ def snapshot_root(
     }
     if opts.description:
         metadata['description'] = opts.description
+    return metadata
+
+
+def snapshot_root(
+    conn: Any, server: Any, disk: server_plan.Disk,
+    opts: server_plan.Options, plan: server_plan.Plan, run: tags.Run,
+    reporter: Reporter, deadline: waits.Deadline,
+) -> dict[str, Any]:
+    """createImage of the ephemeral root disk; wait until active.
+
+    The image is deleted when this fails; the active image returned is a
+    complete backup, which :func:`finish_root` completes.
+    """
+    label = server_plan.server_label(server)
+    name = server_plan.root_image_name(server, opts, run)
+    metadata = root_record(server, disk, opts, plan, run)
     if plan.consistency == volumes.CRASH_CONSISTENT:
         reporter.warn(
             f'server {label} is {server.status}: the root disk image is '
@@ -87,8 +103,12 @@ def snapshot_root(
             timeout=deadline, interval=opts.interval,
         )
         cleanup.outcome = f'image {image_id} is active'
-    image = drop_inherited_record(conn, image, metadata)
-    result = {
+    return image
+
+
+def describe(image: Any, plan: server_plan.Plan) -> dict[str, Any]:
+    """The root disk's line of the result and of the manifest."""
+    return {
         'method': METHOD,
         'image_id': image.id,
         'name': image.name,
@@ -100,39 +120,89 @@ def snapshot_root(
         'consistency': plan.consistency,
         'files': [],
     }
+
+
+class _StaleRecord(Exception):
+    def __init__(self, keys: list[str], cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.keys = keys
+        self.cause = cause
+
+
+def finish_root(
+    conn: Any, image: Any, server: Any, disk: server_plan.Disk,
+    opts: server_plan.Options, plan: server_plan.Plan, run: tags.Run,
+    reporter: Reporter,
+) -> None:
+    """Complete the active root image: remove the record it inherited,
+    then download it (``--download``).
+
+    The image is a complete backup by now: whatever fails here keeps it,
+    and the error says so and how to finish by hand.
+    """
+    record = root_record(server, disk, opts, plan, run)
+    try:
+        drop_inherited_record(conn, image, record)
+    except _StaleRecord as exc:
+        label = server_plan.server_label(server)
+        unset = ' '.join(f'--property {shlex.quote(k)}' for k in exc.keys)
+        raise errors.BackupError(
+            f'Image {image.id}, the root disk of server {label}, is active '
+            'and kept (a complete backup), but the osc_backup_* record '
+            'Nova copied into it from the image the server booted from '
+            f'could not be removed: {exc.cause} Remove it with: '
+            f'openstack image unset {unset} {image.id}'
+        ) from exc
     if opts.download is not None:
-        result['files'] = volume_image.download_image(
+        disk.result['files'] = volume_image.download_image(
             conn, image.id, opts.download, reporter
         )
-    return result
 
 
 def drop_inherited_record(
     conn: Any, image: Any, record: dict[str, str]
-) -> Any:
+) -> None:
     """Remove osc_backup_* properties Nova copied from the base image.
 
     Nova gives a snapshot the properties of the image the server booted
     from; when that image was itself made by osc-backup (a restored
     volume image, say), its record (source volume, size...) would describe
-    the wrong thing. Only possible once the image is active.
+    the wrong thing. Only possible once the image is active. A Nova that
+    still copies ``cinder_encryption_key_deletion_policy`` (newer ones do
+    not) would tie the base image's key to this image's deletion: it is
+    set to ``do_not_delete``, this run stored no key.
+
+    :raises _StaleRecord: naming the keys that stay.
     """
     props = dict(getattr(image, 'properties', None) or {})
     stale = sorted(
         k for k in props if k.startswith(tags.PREFIX) and k not in record
     )
-    if not stale:
-        return image
-    patch = [{'op': 'remove', 'path': f'/{k}'} for k in stale]
-    resp = conn.image.patch(
-        f'/images/{image.id}',
-        data=json.dumps(patch),
-        headers={
-            'Content-Type': 'application/openstack-images-v2.1-json-patch'
-        },
-    )
-    errors.check_response(
-        resp, f'Removing inherited properties from image {image.id}',
-        (200,),
-    )
-    return conn.image.get_image(image.id)
+    patch: list[dict[str, str]] = [
+        {'op': 'remove', 'path': f'/{k}'} for k in stale
+    ]
+    if props.get(secrets.IMAGE_KEY_POLICY) not in (None, 'do_not_delete'):
+        patch.append({
+            'op': 'replace', 'path': f'/{secrets.IMAGE_KEY_POLICY}',
+            'value': 'do_not_delete',
+        })
+    if not patch:
+        return
+    try:
+        resp = conn.image.patch(
+            f'/images/{image.id}',
+            data=json.dumps(patch),
+            headers={
+                'Content-Type':
+                    'application/openstack-images-v2.1-json-patch'
+            },
+        )
+        errors.check_response(
+            resp, f'Removing inherited properties from image {image.id}',
+            (200,),
+        )
+    except Exception as exc:
+        keys = stale + [
+            op['path'][1:] for op in patch if op['op'] == 'replace'
+        ]
+        raise _StaleRecord(keys, exc) from exc

@@ -256,6 +256,44 @@ class ServerBackupTestCase(base.FunctionalTestCase):
         self.assertEqual(vol_sha, self.volume_sha256(restored['volume_id']))
         self.assertEqual([], self.temporaries(result['run_id']))
 
+    def test_root_image_of_a_server_booted_from_a_backup_image(self):
+        # a backup image of a volume (osc-backup's full volume record) ...
+        vol = self.create_volume(1)
+        self.write_random(vol['id'], mib=2)
+        made = self.openstack(['backup', 'volume', 'create', '--via-image',
+                               vol['id']], parse_output=True)
+        self.addCleanup(self._delete_simple, 'image', made['image_id'],
+                        base.MEMBER_CLOUD)
+        inherited = self.openstack(['image', 'show', made['image_id']],
+                                   parse_output=True)['properties']
+        self.assertEqual(vol['id'], inherited['osc_backup_source_volume_id'])
+        # ... booted as a server: Nova copies its properties into snapshots
+        server = self.create_server(image=made['image_id'])
+
+        result, stderr = self.backup_json(server['id'])
+
+        [root] = result['artifacts']
+        props = self.openstack(['image', 'show', root['id']],
+                               parse_output=True)['properties']
+        record = {k: v for k, v in props.items()
+                  if k.startswith('osc_backup_')}
+        self.assertEqual(
+            {'osc_backup_tool': 'osc-backup',
+             'osc_backup_method': 'server-image',
+             'osc_backup_consistency': 'crash-consistent',
+             'osc_backup_run_id': result['run_id'],
+             'osc_backup_flavor': 'm1.tiny',
+             'osc_backup_server_id': server['id'],
+             'osc_backup_server_name': server['name'],
+             'osc_backup_server_disk': 'root-disk',
+             'osc_backup_device': record.get('osc_backup_device'),
+             'osc_backup_boot_index': '0'},
+            {k: v for k, v in record.items()
+             if k not in ('osc_backup_tool_version',
+                          'osc_backup_created_at')}, stderr)
+        self.assertTrue(record['osc_backup_created_at'].startswith('20'))
+        self.assertTrue(record['osc_backup_tool_version'])
+
     def test_bad_input_creates_nothing(self):
         p = self.backup('no-such-server-' + self.unique_name())
         self.assertEqual(1, p.returncode)

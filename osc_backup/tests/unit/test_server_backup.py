@@ -575,3 +575,78 @@ class TestManifest(ServerTestCase):
         self.assertIn('leads out of', str(err))
         self.assertRaises(errors.InvalidInput, server_manifest.resolve,
                           d, '../x')
+
+
+class TestRootRecord(ServerTestCase):
+    """The root image's record after Nova copied the base image's."""
+
+    def setUp(self):
+        super().setUp()
+        # the server booted from an image osc-backup made from a volume
+        self.root_active.properties = {
+            'osc_backup_source_volume_id': 'old-volume',
+            'osc_backup_volume_size_gb': '1',
+            'hw_disk_bus': 'virtio',
+        }
+
+    def test_failed_clean_up_keeps_and_names_the_image(self):
+        self.attach('/dev/vdb')
+        self.image_proxy.patch.side_effect = sdk_exc.HttpException(
+            'Service Unavailable'
+        )
+        err = self.assertRaises(errors.BackupError, self.run_backup,
+                                server())
+        text = str(err)
+        self.assertIn(f'Image {self.root_image.id}', text)
+        self.assertIn('is active and kept', text)
+        self.assertIn('Service Unavailable', text)
+        self.assertIn(
+            'openstack image unset --property osc_backup_source_volume_id '
+            f'--property osc_backup_volume_size_gb {self.root_image.id}',
+            text,
+        )
+        self.assertIn(
+            f'kept (complete): root-disk -> image {self.root_image.id}', text
+        )
+        self.image_proxy.delete_image.assert_not_called()
+        # a failing disk ends the run, as for any disk
+        self.bs.create_snapshot.assert_not_called()
+
+    def test_refused_clean_up_keeps_the_image(self):
+        self.image_proxy.patch.return_value = mock.Mock(
+            status_code=403, text='Forbidden', headers={},
+        )
+        err = self.assertRaises(errors.BackupError, self.run_backup,
+                                server())
+        self.assertIn('is active and kept', str(err))
+        self.image_proxy.delete_image.assert_not_called()
+
+    def test_failed_download_names_the_kept_image(self):
+        with tempfile.TemporaryDirectory() as d, mock.patch.object(
+            volume_image, 'download_image',
+            side_effect=errors.BackupError('disk full'),
+        ):
+            self.image_proxy.patch.return_value = mock.Mock(status_code=200)
+            err = self.assertRaises(errors.BackupError, self.run_backup,
+                                    server(), download=d)
+        self.assertIn(
+            f'kept (complete): root-disk -> image {self.root_image.id}',
+            str(err),
+        )
+        self.image_proxy.delete_image.assert_not_called()
+
+    def test_inherited_key_policy_is_not_kept(self):
+        # a Nova that still copies the key properties of the base image
+        self.root_active.properties = {
+            'cinder_encryption_key_id': 'base-key',
+            'cinder_encryption_key_deletion_policy': 'on_image_deletion',
+        }
+        self.image_proxy.patch.return_value = mock.Mock(status_code=200)
+        self.run_backup(server())
+        ops = json.loads(self.image_proxy.patch.call_args.kwargs['data'])
+        self.assertEqual(
+            [{'op': 'replace',
+              'path': '/cinder_encryption_key_deletion_policy',
+              'value': 'do_not_delete'}],
+            ops,
+        )
