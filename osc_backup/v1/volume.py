@@ -42,6 +42,7 @@ IMAGE_COLUMNS = (
     'source_volume_id',
     'source_volume_name',
     'method',
+    'method_reason',
     'consistency',
     'encrypted',
     'encryption_key_id',
@@ -106,6 +107,7 @@ BACKUP_ONLY = {
 DRY_RUN_COLUMNS = (
     'dry_run',
     'method',
+    'method_reason',
     'source_volume_id',
     'source_volume_name',
     'source_volume_status',
@@ -339,20 +341,12 @@ class CreateVolumeBackup(command.ShowOne):
             wait=parsed_args.wait,
             timeout=parsed_args.timeout,
         )
-        # explicit --via-image: output unchanged; otherwise + why
-        reason = None if choice.explicit else choice.reason
         if parsed_args.dry_run:
             if choice.method == 'backup':
-                return _plan_output(
-                    volume_backup.plan(conn, volume, backup_options, run),
-                    choice.reason,
-                    (*DRY_RUN_COLUMNS, 'method_reason'),
-                )
-            return _plan_output(
-                volume_image.plan(conn, volume, image_options, run),
-                reason,
-                DRY_RUN_COLUMNS + (('method_reason',) if reason else ()),
-            )
+                plan = volume_backup.plan(conn, volume, backup_options, run)
+            else:
+                plan = volume_image.plan(conn, volume, image_options, run)
+            return _plan_output(plan, choice.reason)
         result = volume_choice.backup_volume(
             conn, volume, choice, image_options, backup_options,
             run=run, reporter=self.reporter(parsed_args),
@@ -360,19 +354,16 @@ class CreateVolumeBackup(command.ShowOne):
         if result['method'] == 'backup':
             return BACKUP_COLUMNS, [result.get(c) for c in BACKUP_COLUMNS]
         result['files'] = format_columns.ListColumn(result['files'])
-        columns = IMAGE_COLUMNS + (
-            ('method_reason',) if not choice.explicit else ()
-        )
-        return columns, [result.get(c) for c in columns]
+        return IMAGE_COLUMNS, [result.get(c) for c in IMAGE_COLUMNS]
 
 
 def _plan_output(
-    result: dict[str, Any], reason: str | None, columns: tuple[str, ...]
+    result: dict[str, Any], reason: str
 ) -> tuple[Sequence[str], Iterable[Any]]:
     """A ``--dry-run`` plan of either method as ShowOne output."""
     result['steps'] = format_columns.ListColumn(result['steps'])
     result['method_reason'] = reason
-    return columns, [result[c] for c in columns]
+    return DRY_RUN_COLUMNS, [result[c] for c in DRY_RUN_COLUMNS]
 
 
 def _given(

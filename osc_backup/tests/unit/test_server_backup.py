@@ -100,6 +100,7 @@ class ServerTestCase(base.TestCase):
             if res.id == self.root_image.id else res
         )
         self.image_proxy.update_image.return_value = self.vol_image
+        self.image_proxy.patch.return_value = fakes.response(200)
         self.bs.upload_volume_to_image.return_value = {
             'image_id': self.vol_image.id
         }
@@ -112,6 +113,17 @@ class ServerTestCase(base.TestCase):
     def _bs_wait(self, res, status, **kwargs):
         res.status = status
         return res
+
+    def volume_record(self):
+        """The record the volume path wrote onto the volume's image."""
+        for call in reversed(self.image_proxy.patch.call_args_list):
+            if call.args[0] == f'/images/{self.vol_image.id}':
+                ops = json.loads(call.kwargs['data'])
+                return {
+                    op['path'][1:]: op['value'] for op in ops
+                    if op['op'] == 'add'
+                }
+        self.fail('no record was written onto the volume image')
 
     def attach(self, device, **attrs):
         vol = fakes.volume(**{'status': 'in-use', **attrs})
@@ -337,7 +349,7 @@ class TestBackupServer(ServerTestCase):
         self.assertIn('web-backup-', name)
         # the volume went through the volume procedure, with the record
         self.bs.create_snapshot.assert_called_once()
-        props = self.image_proxy.update_image.call_args.kwargs
+        props = self.volume_record()
         self.assertEqual(srv.id, props['osc_backup_server_id'])
         self.assertEqual('/dev/vdb', props['osc_backup_device'])
         self.assertEqual(vol.id, props['osc_backup_source_volume_id'])
@@ -370,7 +382,7 @@ class TestBackupServer(ServerTestCase):
             ['offline', 'offline'],
             [a['consistency'] for a in result['artifacts']],
         )
-        props = self.image_proxy.update_image.call_args.kwargs
+        props = self.volume_record()
         self.assertEqual('offline', props['osc_backup_consistency'])
         self.assertNotIn('crash-consistent', self.err.getvalue())
 
@@ -420,7 +432,7 @@ class TestBackupServer(ServerTestCase):
             [(a['disk'], a['volume_id'], a['boot_index'])
              for a in result['artifacts']],
         )
-        props = self.image_proxy.update_image.call_args.kwargs
+        props = self.volume_record()
         self.assertEqual('0', props['osc_backup_boot_index'])
 
     def test_download_goes_through_the_download_path(self):
