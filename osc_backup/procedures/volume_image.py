@@ -262,10 +262,8 @@ def plan(
     )
     steps: list[str] = []
     if volume.status == 'in-use':
-        force = microversion.snapshot_needs_force(
-            conn.block_storage, volume.status
-        )
         version = microversion.snapshot_microversion(conn.block_storage)
+        force = microversion.snapshot_needs_force(version, volume.status)
         steps += [
             f'POST /snapshots volume_id={volume.id} '
             f'force={str(force).lower()} (microversion {version or "3.0"})'

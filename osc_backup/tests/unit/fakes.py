@@ -83,6 +83,26 @@ def response(status=200, body=None, headers=None):
     return resp
 
 
+def cinder_makes_snapshots(block_storage, snap, max_microversion='3.65'):
+    """Cinder offers ``max_microversion`` and answers ``POST /snapshots``
+    with ``snap``; what was sent is in ``block_storage.post.call_args``."""
+    block_storage.get_endpoint_data.return_value = mock.Mock(
+        min_microversion='3.0', max_microversion=max_microversion
+    )
+
+    def post(url, json=None, **kwargs):
+        assert url == '/snapshots', url
+        return response(202, {'snapshot': snap.to_dict()})
+
+    block_storage.post.side_effect = post
+
+
+def sent_snapshot(block_storage):
+    """``(body, microversion)`` of the last ``POST /snapshots``."""
+    call = block_storage.post.call_args
+    return call.kwargs['json']['snapshot'], call.kwargs['microversion']
+
+
 class FakeGlance:
     """Images by ID behind an image proxy: ``get_image`` finds them,
     ``patch`` applies Glance's v2.1 JSON patches to them (409 for removing

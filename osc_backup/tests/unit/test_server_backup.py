@@ -77,7 +77,7 @@ class ServerTestCase(base.TestCase):
         # the temporaries of the in-use volume path
         self.snap = fakes.snapshot(status='creating')
         self.tmp_vol = fakes.volume(status='creating', name='tmp')
-        self.bs.create_snapshot.return_value = self.snap
+        fakes.cinder_makes_snapshots(self.bs, self.snap)
         self.bs.create_volume.return_value = self.tmp_vol
         self.volumes[self.tmp_vol.id] = self.tmp_vol
         self.bs.get_snapshot.return_value = self.snap
@@ -178,7 +178,7 @@ class TestPrepare(ServerTestCase):
         self.create_image.assert_not_called()
         self.bs.create_backup.assert_not_called()
         self.bs.upload_volume_to_image.assert_not_called()
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
 
     def test_image_booted_without_volumes(self):
         plan = self.prepare(server())
@@ -348,7 +348,7 @@ class TestBackupServer(ServerTestCase):
         ])
         self.assertIn('web-backup-', name)
         # the volume went through the volume procedure, with the record
-        self.bs.create_snapshot.assert_called_once()
+        self.bs.post.assert_called_once()
         props = self.volume_record()
         self.assertEqual(srv.id, props['osc_backup_server_id'])
         self.assertEqual('/dev/vdb', props['osc_backup_device'])
@@ -412,7 +412,7 @@ class TestBackupServer(ServerTestCase):
 
     def test_failed_volume_keeps_and_names_the_root_image(self):
         self.attach('/dev/vdb')
-        self.bs.create_snapshot.side_effect = sdk_exc.HttpException(
+        self.bs.post.side_effect = sdk_exc.HttpException(
             'over quota'
         )
         err = self.assertRaises(
@@ -448,7 +448,7 @@ class TestBackupServer(ServerTestCase):
 
     def test_interrupt_names_what_is_kept(self):
         self.attach('/dev/vdb')
-        self.bs.create_snapshot.side_effect = errors.Interrupted('SIGINT')
+        self.bs.post.side_effect = errors.Interrupted('SIGINT')
         self.assertRaises(KeyboardInterrupt, self.run_backup, server())
         self.assertIn(self.root_image.id, self.err.getvalue())
         self.assertIn('kept (complete)', self.err.getvalue())

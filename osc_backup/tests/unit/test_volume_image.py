@@ -23,11 +23,8 @@ class ProcedureTestCase(base.TestCase):
         self.err = io.StringIO()
         self.reporter = Reporter(stream=self.err, progress=False)
         self.run_ctx = tags.Run(run_id='0123456789ab')
-        self.useFixture_patch(
-            'osc_backup.common.microversion.snapshot_microversion',
-            return_value=self.microversion,
-        )
         self.snap = fakes.snapshot(status='creating')
+        fakes.cinder_makes_snapshots(self.bs, self.snap, self.microversion)
         self.tmp_vol = fakes.volume(status='creating', name='tmp')
         # the image Cinder makes: queued under the name it was given; the
         # waits below make it active
@@ -37,7 +34,6 @@ class ProcedureTestCase(base.TestCase):
         )
         self.active = self.image
         self.glance = fakes.FakeGlance(self.image_proxy, self.image)
-        self.bs.create_snapshot.return_value = self.snap
         self.bs.create_volume.return_value = self.tmp_vol
         self.bs.upload_volume_to_image.return_value = {
             'image_id': self.image.id,
@@ -82,7 +78,7 @@ class TestAvailableVolume(ProcedureTestCase):
     def test_upload_directly(self):
         vol = fakes.volume(status='available', name='db', size=2)
         result = self.run_backup(vol, name='b1')
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
         self.bs.create_volume.assert_not_called()
         # uploaded under the run's temporary name, renamed with the record
         self.bs.upload_volume_to_image.assert_called_once_with(
@@ -314,7 +310,8 @@ class TestInUseVolume(ProcedureTestCase):
     def test_snapshot_temporary_volume_upload_cleanup(self):
         vol = fakes.volume(status='in-use', name='db', size=4)
         result = self.run_backup(vol, name='b2')
-        snap_attrs = self.bs.create_snapshot.call_args.kwargs
+        snap_attrs, version = fakes.sent_snapshot(self.bs)
+        self.assertEqual('3.65', version)
         self.assertEqual(vol.id, snap_attrs['volume_id'])
         self.assertTrue(snap_attrs['force'])
         self.assertEqual('true', snap_attrs['metadata']['osc_backup_temporary'])
@@ -353,7 +350,7 @@ class TestInUseVolume(ProcedureTestCase):
 
     def test_snapshot_error_cleans_snapshot(self):
         def wait(res, status, **kw):
-            if res is self.snap:
+            if res.id == self.snap.id:
                 raise sdk_exc.ResourceFailure('error')
             res.status = status
             return res
@@ -496,7 +493,7 @@ class TestInUseVolume(ProcedureTestCase):
             fakes.volume(status='in-use'), wait=False,
         )
         self.assertIn('--no-wait', str(exc))
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
 
 
 class TestInUseVolumeNewMicroversion(ProcedureTestCase):
@@ -504,7 +501,9 @@ class TestInUseVolumeNewMicroversion(ProcedureTestCase):
 
     def test_no_force_from_3_66(self):
         self.run_backup(fakes.volume(status='in-use'))
-        self.assertNotIn('force', self.bs.create_snapshot.call_args.kwargs)
+        body, version = fakes.sent_snapshot(self.bs)
+        self.assertEqual('3.66', version)
+        self.assertNotIn('force', body)
 
 
 class TestPreflight(ProcedureTestCase):
@@ -514,7 +513,7 @@ class TestPreflight(ProcedureTestCase):
             vol = fakes.volume(status=status, name='v')
             exc = self.assertRaises(errors.InvalidInput, self.run_backup, vol)
             self.assertIn(f"'{status}'", str(exc))
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
         self.bs.upload_volume_to_image.assert_not_called()
 
     def test_encrypted_needs_raw_bare(self):
@@ -545,7 +544,7 @@ class TestPreflight(ProcedureTestCase):
         self.assertEqual('crash-consistent', plan['consistency'])
         self.assertIn('force=true', plan['steps'][0])
         self.assertIn('3.65', plan['steps'][0])
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
         self.bs.create_volume.assert_not_called()
         self.bs.upload_volume_to_image.assert_not_called()
 

@@ -132,7 +132,7 @@ class TestCreateVolumeBackupViaImage(base.TestCommand):
         self.assertTrue(result['dry_run'])
         self.assertEqual('requested with --via-image', result['method_reason'])
         self.assertEqual('crash-consistent', result['consistency'])
-        self.block_storage.create_snapshot.assert_not_called()
+        self.block_storage.post.assert_not_called()
         self.block_storage.upload_volume_to_image.assert_not_called()
 
     def test_progress_only_on_tty(self):
