@@ -388,56 +388,60 @@ def write_record(
     return conn.image.get_image(image.id)
 
 
-def _record(
-    conn: Any,
-    image: Any,
-    source: Any,
-    name: str,
-    opts: Options,
-    consistency: str,
-    run: tags.Run,
-) -> Any:
-    """Write the backup's record onto the (active) image and give it its
-    final name.
-
-    Only once the image is ``active``: a property update while Glance is
-    still receiving the data races with the upload's own status change
-    (Glance answers the upload with 410 Gone and Cinder deletes the image).
-    """
-    props = record_properties(source, consistency, run)
+def record_of(
+    volume: Any, opts: Options, consistency: str, run: tags.Run
+) -> dict[str, Any]:
+    """Everything the image of ``volume`` is given once it is active: the
+    record, the caller's record keys, the user's properties."""
+    props: dict[str, Any] = record_properties(volume, consistency, run)
     props.update(opts.record)
     props.update(opts.properties)
     if opts.description:
         props['description'] = opts.description
-    return write_record(conn, image, props, name=name)
+    return props
 
 
-def _keep_unrecorded(
-    conn: Any, image: Any, name: str, failure: Exception, label: str,
-) -> RecordNotWritten:
-    """After the record failed: give the complete image at least its final
-    name, so that ``backup cleanup`` does not take it for the upload of an
-    interrupted run; the error to raise once the temporaries are gone."""
-    what = f'{failure.__class__.__name__}: {failure}'
-    if isinstance(failure, sdk_exc.HttpException):
-        what = str(failure.details or failure)
+def finish_image(
+    conn: Any, image: Any, record: dict[str, Any], *, name: str, what: str
+) -> tuple[Any, RecordNotWritten | None]:
+    """Write ``record`` and the final ``name`` onto a complete (active)
+    image (:func:`write_record`); the image, and the error to raise once
+    the run's temporaries are gone, if that failed.
+
+    Only once the image is ``active``: a property update while Glance is
+    still receiving the data races with the upload's own status change
+    (Glance answers the upload with 410 Gone and Cinder deletes the image).
+    If the record cannot be written, the image is kept (a complete backup
+    is never deleted for want of its record) and at least renamed, so that
+    ``backup cleanup`` does not take it for the upload of a killed run.
+
+    :param what: what the image is a backup of, for the error message.
+    """
     try:
-        conn.image.update_image(image.id, name=name)
+        return write_record(conn, image, record, name=name), None
+    except Exception as failure:
+        LOG.debug('Writing the record failed', exc_info=True)
+        reason = f'{failure.__class__.__name__}: {failure}'
+        if isinstance(failure, sdk_exc.HttpException):
+            reason = str(failure.details or failure)
+    image_id = image.id
+    try:
+        image = conn.image.update_image(image_id, name=name)
         renamed = f"It is named '{name}'."
     except Exception as exc:
-        LOG.debug('Renaming image %s failed', image.id, exc_info=True)
+        LOG.debug('Renaming image %s failed', image_id, exc_info=True)
         renamed = (
             f"It still has its temporary name '{image.name}' (renaming it "
             f"failed too: {exc}), which 'openstack backup cleanup' removes: "
             f'keep it with: openstack image set --name {shlex.quote(name)} '
-            f'{image.id}'
+            f'{image_id}'
         )
-    return RecordNotWritten(
-        f'The backup image {image.id} of volume {label} is active, '
-        'complete and kept, but its record (source volume, type, size, '
-        f'consistency) could not be written: {what}. {renamed} A restore '
-        'from it needs --type; the size comes from the image.',
-        image_id=image.id,
+    return image, RecordNotWritten(
+        f'The backup image {image_id} of {what} is active, complete and '
+        'kept, but its record (source, type, size, consistency) could not '
+        f'be written: {reason}. {renamed} A restore from it needs --type; '
+        'the size comes from the image.',
+        image_id=image_id,
     )
 
 
@@ -522,18 +526,12 @@ def backup_volume_via_image(
                 timeout=deadline, interval=opts.interval,
             )
             reporter.step(f'Writing the record of image {image_id}')
-            try:
-                image = _record(
-                    conn, image, volume, name, opts, consistency, run
-                )
-            except Exception as exc:
-                # the image is a complete backup: keep it (the run goes
-                # on, so its removal, undone only on failure, does not
-                # run) and say so once the temporaries are gone
-                LOG.debug('Writing the record failed', exc_info=True)
-                not_recorded = _keep_unrecorded(
-                    conn, image, name, exc, label
-                )
+            # a failure keeps the image: the run goes on (the image's
+            # removal is undone only on failure) and raises it afterwards
+            image, not_recorded = finish_image(
+                conn, image, record_of(volume, opts, consistency, run),
+                name=name, what=f'volume {label}',
+            )
         else:
             reporter.note(NO_WAIT_NOTE.format(image=image_id))
         cleanup.outcome = f'image {image_id} is {image.status}'
