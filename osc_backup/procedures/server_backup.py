@@ -492,8 +492,10 @@ def plan_steps(plan: Plan, opts: Options, run: tags.Run) -> list[str]:
         if disk.role == ROLE_ROOT:
             steps.append(
                 f'POST /servers/{server.id}/action createImage name='
-                f'{root_image_name(server, opts, run)} metadata='
-                f'{tags.PREFIX}* -> wait image active'
+                f'{run.temporary_name("root", server.name or server.id)} '
+                f'metadata={tags.PREFIX}* -> wait image active -> PATCH '
+                f'name={root_image_name(server, opts, run)}, other '
+                f'{tags.PREFIX}* keys removed'
             )
             if opts.download is not None:
                 steps.append(
@@ -526,6 +528,9 @@ def _snapshot_root(
     """createImage of the ephemeral root disk; wait until active."""
     label = server_label(server)
     name = root_image_name(server, opts, run)
+    # named with the run tag until it is complete (what `backup cleanup`
+    # finds when the run is killed); renamed with its record below
+    snapshot_name = run.temporary_name('root', server.name or server.id)
     metadata = {
         **volume_image.base_record(METHOD, plan.consistency, run),
         PROP_FLAVOR: _flavor_name(server),
@@ -547,7 +552,9 @@ def _snapshot_root(
         reporter.step(f'Nova: createImage of server {label} -> {name}')
         with cleanup.creating():
             try:
-                image_id = server.create_image(conn.compute, name, metadata)
+                image_id = server.create_image(
+                    conn.compute, snapshot_name, metadata
+                )
             except sdk_exc.HttpException as exc:
                 raise errors.BackupError(
                     f'Nova refused to snapshot server {label}: '
@@ -561,7 +568,15 @@ def _snapshot_root(
             timeout=deadline, interval=opts.interval,
         )
         cleanup.outcome = f'image {image_id} is active'
-    image = _drop_inherited_record(conn, image, metadata)
+    # Nova copies the properties of the image the server booted from: when
+    # osc-backup made that one too, its record describes something else.
+    # The complete image is kept even if this fails (the error says so).
+    image, not_recorded = volume_image.finish_image(
+        conn, image, metadata, name=name,
+        what=f'the root disk of server {label}',
+    )
+    if not_recorded is not None:
+        raise not_recorded
     result = {
         'method': METHOD,
         'image_id': image.id,
@@ -579,37 +594,6 @@ def _snapshot_root(
             conn, image.id, opts.download, reporter
         )
     return result
-
-
-def _drop_inherited_record(
-    conn: Any, image: Any, record: dict[str, str]
-) -> Any:
-    """Remove osc_backup_* properties Nova copied from the base image.
-
-    Nova gives a snapshot the properties of the image the server booted
-    from; when that image was itself made by osc-backup (a restored
-    volume image, say), its record (source volume, size...) would describe
-    the wrong thing. Only possible once the image is active.
-    """
-    props = dict(getattr(image, 'properties', None) or {})
-    stale = sorted(
-        k for k in props if k.startswith(tags.PREFIX) and k not in record
-    )
-    if not stale:
-        return image
-    patch = [{'op': 'remove', 'path': f'/{k}'} for k in stale]
-    resp = conn.image.patch(
-        f'/images/{image.id}',
-        data=json.dumps(patch),
-        headers={
-            'Content-Type': 'application/openstack-images-v2.1-json-patch'
-        },
-    )
-    image_sets.check_response(
-        resp, f'Removing inherited properties from image {image.id}',
-        (200,),
-    )
-    return conn.image.get_image(image.id)
 
 
 def artifact(disk: Disk) -> dict[str, Any]:

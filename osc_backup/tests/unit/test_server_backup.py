@@ -346,7 +346,15 @@ class TestBackupServer(ServerTestCase):
         self.assertEqual('crash-consistent', metadata[
             'osc_backup_consistency'
         ])
-        self.assertIn('web-backup-', name)
+        self.assertEqual('osc-backup-tmp-0123456789ab-root-of-web', name)
+        # final name with the record, once active
+        root_patch = next(
+            json.loads(c.kwargs['data'])
+            for c in self.image_proxy.patch.call_args_list
+            if c.args[0] == f'/images/{self.root_image.id}'
+        )
+        final = [op['value'] for op in root_patch if op['path'] == '/name']
+        self.assertRegex(final[0], r'^web-backup-')
         # the volume went through the volume procedure, with the record
         self.bs.post.assert_called_once()
         props = self.volume_record()
@@ -454,6 +462,19 @@ class TestBackupServer(ServerTestCase):
         self.assertIn('kept (complete)', self.err.getvalue())
         self.image_proxy.delete_image.assert_not_called()
 
+    def test_root_snapshot_named_with_the_run_tag_until_complete(self):
+        srv = server()
+        result = self.run_backup(srv, name='nightly')
+        (_session, name, _metadata), _ = self.create_image.call_args
+        self.assertEqual('osc-backup-tmp-0123456789ab-root-of-web', name)
+        ops = json.loads(self.image_proxy.patch.call_args.kwargs['data'])
+        self.assertIn(
+            {'op': 'replace', 'path': '/name', 'value': 'nightly'}, ops
+        )
+        self.assertEqual(
+            self.root_image.id, result['artifacts'][0]['id']
+        )
+
     def test_inherited_record_is_removed(self):
         # the server booted from an image osc-backup made from a volume
         self.root_active.properties = {
@@ -462,18 +483,25 @@ class TestBackupServer(ServerTestCase):
             'osc_backup_server_id': 'x',  # ours, rewritten by createImage
             'hw_disk_bus': 'virtio',
         }
-        self.image_proxy.patch.return_value = mock.Mock(status_code=200)
-        self.run_backup(server())
+        srv = server()
+        self.run_backup(srv)
         path, = self.image_proxy.patch.call_args.args
         self.assertEqual(f'/images/{self.root_image.id}', path)
         ops = json.loads(self.image_proxy.patch.call_args.kwargs['data'])
+        removed = [op['path'] for op in ops if op['op'] == 'remove']
         self.assertEqual(
-            [{'op': 'remove', 'path': '/osc_backup_source_volume_id'},
-             {'op': 'remove', 'path': '/osc_backup_volume_size_gb'}],
-            ops,
+            ['/osc_backup_source_volume_id', '/osc_backup_volume_size_gb'],
+            removed,
         )
+        added = {op['path'][1:]: op['value'] for op in ops
+                 if op['op'] == 'add'}
+        self.assertEqual(srv.id, added['osc_backup_server_id'])
 
-    def test_no_inherited_record_no_patch(self):
-        self.root_active.properties = {'hw_disk_bus': 'virtio'}
-        self.run_backup(server())
-        self.image_proxy.patch.assert_not_called()
+    def test_record_failure_keeps_the_root_image(self):
+        self.image_proxy.patch.return_value = fakes.response(
+            413, {'message': 'quota'}
+        )
+        err = self.assertRaises(errors.BackupError, self.run_backup, server())
+        self.assertIn(self.root_image.id, str(err))
+        self.assertIn('complete and kept', str(err))
+        self.image_proxy.delete_image.assert_not_called()
