@@ -152,9 +152,14 @@ class TestImageSetKey(base.TestCase):
         self.fake.km.get.assert_not_called()
         body = {secrets.IMAGE_KEY_ID: OLD_KEY}
         cleanup = Cleanup(self.reporter)
+        name = tags.Run(run_id='0123456789ab').key_name('db image')
         new = image_sets._restore_key(
-            self.conn, key, body, cleanup, self.reporter)
+            self.conn, key, body, cleanup, self.reporter, name=name)
         self.assertEqual(NEW_KEY, new)
+        # stored under the run's key name (what `backup cleanup` finds)
+        self.assertEqual(
+            'osc-backup-key-0123456789ab-of-db-image',
+            self.fake.km.post.call_args.kwargs['json']['name'])
         self.assertEqual(NEW_KEY, body[secrets.IMAGE_KEY_ID])
         self.assertEqual(secrets.ON_IMAGE_DELETION,
                          body[secrets.IMAGE_KEY_POLICY])
