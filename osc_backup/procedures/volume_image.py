@@ -266,7 +266,8 @@ def plan(
         force = microversion.snapshot_needs_force(version, volume.status)
         steps += [
             f'POST /snapshots volume_id={volume.id} '
-            f'force={str(force).lower()} (microversion {version or "3.0"})'
+            f'{"force=true" if force else "without force"} '
+            f'(microversion {version or microversion.BASE_MICROVERSION})'
             ' -> wait available',
             f'POST /volumes snapshot_id=<snapshot> size={volume.size} '
             '-> wait available',

@@ -356,11 +356,14 @@ def _finish_new_volume(bs: Any, vol: Any, plan: Plan, run: tags.Run) -> Any:
     Cinder's hands): its final name, its metadata re-set (Cinder's backup
     restore replaces a volume's metadata with the backed-up volume's), and
     no temporary mark."""
-    bs.set_volume_metadata(vol, **_target_metadata(plan, run))
+    # By ID: given the volume in hand, openstacksdk (4.18) pops the key
+    # from its local copy after the call and fails with KeyError when that
+    # copy lacks it.
     try:
-        bs.delete_volume_metadata(vol, keys=[tags.KEY_TEMPORARY])
+        bs.delete_volume_metadata(vol.id, keys=[tags.KEY_TEMPORARY])
     except sdk_exc.NotFoundException:
         pass  # Cinder's restore replaced the metadata already
+    bs.set_volume_metadata(vol.id, **_target_metadata(plan, run))
     return bs.update_volume(vol, name=plan.name)
 
 

@@ -130,7 +130,10 @@ class CreateVolumeBackup(command.ShowOne):
         "--via-image uploads the volume to an image: an 'available' volume "
         "directly, an 'in-use' one through a temporary snapshot and volume "
         "that are deleted afterwards, also on failure and Ctrl-C "
-        "(crash-consistent). --no-wait cannot be used for 'in-use' volumes "
+        "(crash-consistent). The image is named osc-backup-tmp-<run>-image-"
+        "of-<volume> until it is active and its record (osc_backup_* "
+        "properties, replacing any it inherited) is written. --no-wait "
+        "cannot be used for 'in-use' volumes "
         "on this path.\n\n"
         "Without --via-image or --via-backup, the Cinder backup path is "
         "taken when the cloud has a working backup service, else the image "
@@ -388,7 +391,11 @@ class RestoreVolume(command.ShowOne):
         "image with the recorded type, size and bootable flag.\n\n"
         "Overwriting an existing volume needs --volume <volume> --force, and "
         "that volume must be 'available'. A volume this command created is "
-        "deleted again if the restore fails."
+        "deleted again if the restore fails; until the restore is complete "
+        "it is named osc-backup-tmp-<run>-restore-of-<name>, which 'backup "
+        "cleanup' finds if the command is killed.\n\n"
+        "--no-wait returns once Cinder has accepted the restore; the "
+        "recorded bootable flag is then not set (a note says how)."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:

@@ -138,12 +138,12 @@ class TestRestoreBackup(RestoreTestCase):
         # ... and given its final name and metadata once restored
         self.assertTrue(result['name'].startswith('db-restore-'))
         self.bs.set_volume_metadata.assert_called_once_with(
-            self.new, osc_backup_tool='osc-backup',
+            self.new.id, osc_backup_tool='osc-backup',
             osc_backup_run_id='0123456789ab',
             osc_backup_restored_from=f'backup:{self.backup.id}',
         )
         self.bs.delete_volume_metadata.assert_called_once_with(
-            self.new, keys=['osc_backup_temporary']
+            self.new.id, keys=['osc_backup_temporary']
         )
         self.assertNotIn('image_id', attrs)
         self.bs.find_type.assert_called_once_with(
@@ -246,7 +246,7 @@ class TestRestoreBackup(RestoreTestCase):
         # in Cinder's hands now: final name, no temporary mark
         self.assertTrue(result['name'].startswith('db-restore-'))
         self.bs.delete_volume_metadata.assert_called_once_with(
-            self.new, keys=['osc_backup_temporary']
+            self.new.id, keys=['osc_backup_temporary']
         )
 
     def test_no_wait_does_not_set_bootable_while_restoring(self):
