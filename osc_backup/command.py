@@ -165,21 +165,20 @@ def positive_float(text: str) -> float:
 
 
 def add_wait_args(parser: argparse.ArgumentParser, what: str) -> None:
-    """--wait/--no-wait and --timeout, the same on every verb."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        '--wait',
-        dest='wait',
-        action='store_true',
-        default=True,
-        help=f'Wait until {what} (default)',
-    )
-    group.add_argument(
+    """--no-wait and --timeout, the same on every verb.
+
+    Waiting is the default (a backup is only a backup once it is complete,
+    and temporaries can only be removed then), so there is no ``--wait``:
+    unlike OSC's opt-in ``--wait``, it could only ever do nothing.
+    """
+    parser.add_argument(
         '--no-wait',
         dest='wait',
         action='store_false',
-        help='Return as soon as the cloud has accepted the request, where '
-        'the procedure allows it (see the command description)',
+        default=True,
+        help=f'Return as soon as the cloud has accepted the request, where '
+        f'the procedure allows it (see the command description); by '
+        f'default the command waits until {what}',
     )
     add_timeout_arg(parser)
 

@@ -12,9 +12,22 @@
 
 """Names and metadata that mark what osc-backup creates.
 
-Every temporary resource gets a recognisable name and metadata with the
-tool's name and the run ID, so ``openstack backup cleanup`` can find what an
-interrupted run left, and so can a person looking at ``volume list``.
+Everything a run creates that an interrupted run could leave behind is
+named with the tool's prefix and the run ID (the run tag):
+
+* ``osc-backup-tmp-<run>-<role>-of-<source>``: a resource that exists only
+  while the run is going, or that the run renames once it is complete
+  (temporary snapshots and volumes; images while they are uploaded and
+  until their record is written; Nova root snapshots until they are
+  active; restore target volumes until the restore is done);
+* ``osc-backup-key-<run>-of-<image>``: a Barbican secret the run stored
+  for an image it restores (Barbican names cannot change; the secret is
+  a leftover only while no image refers to it).
+
+Volumes and snapshots also carry metadata with the tool's name and the run
+ID. ``openstack backup cleanup`` touches only names of this shape, so it can
+find what an interrupted run left, and so can a person looking at
+``volume list``.
 """
 
 from __future__ import annotations
@@ -28,6 +41,17 @@ from osc_backup.common import errors
 
 TOOL = 'osc-backup'
 PREFIX = 'osc_backup_'
+
+#: Name prefixes (see the module docstring).
+TEMPORARY_PREFIX = f'{TOOL}-tmp-'
+KEY_PREFIX = f'{TOOL}-key-'
+
+#: A run ID: 12 lower-case hex digits.
+RUN_ID_PATTERN = r'[0-9a-f]{12}'
+_TAGGED_NAME = re.compile(
+    rf'^(?P<prefix>{re.escape(TEMPORARY_PREFIX)}|{re.escape(KEY_PREFIX)})'
+    rf'(?P<run_id>{RUN_ID_PATTERN})-.'
+)
 
 #: Metadata keys on temporary volumes and snapshots.
 KEY_TOOL = PREFIX + 'tool'
@@ -65,9 +89,17 @@ class Run:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started: datetime.datetime = field(default_factory=utc_now)
 
+    def __post_init__(self) -> None:
+        if not is_run_id(self.run_id):
+            raise ValueError(f'not a run ID: {self.run_id!r}')
+
     def temporary_name(self, role: str, source: str) -> str:
         """e.g. ``osc-backup-tmp-3f2a9c1b7d4e-snapshot-of-db-data``."""
-        return f'{TOOL}-tmp-{self.run_id}-{role}-of-{_slug(source)}'
+        return f'{TEMPORARY_PREFIX}{self.run_id}-{role}-of-{_slug(source)}'
+
+    def key_name(self, image: str) -> str:
+        """The name of a secret stored for an image this run restores."""
+        return f'{KEY_PREFIX}{self.run_id}-of-{_slug(image)}'
 
     def temporary_metadata(self, source_volume_id: str) -> dict[str, str]:
         return {
@@ -93,6 +125,20 @@ def check_not_reserved(properties: dict[str, str]) -> None:
             f"Property keys starting with '{PREFIX}' are reserved for "
             f"osc-backup's own record: {', '.join(reserved)}."
         )
+
+
+def is_run_id(text: str | None) -> bool:
+    return bool(text) and re.fullmatch(RUN_ID_PATTERN, text or '') is not None
+
+
+def tagged_name(name: str | None) -> tuple[str, str] | None:
+    """``(kind, run ID)`` of a name osc-backup gives what a run may leave
+    behind (kind ``'tmp'`` or ``'key'``); None for any other name."""
+    match = _TAGGED_NAME.match(name or '')
+    if match is None:
+        return None
+    kind = 'key' if match['prefix'] == KEY_PREFIX else 'tmp'
+    return kind, match['run_id']
 
 
 def is_temporary(metadata: dict[str, str] | None) -> bool:

@@ -154,17 +154,16 @@ def create_temporary_snapshot(
 ) -> Any:
     """Snapshot ``volume`` (forced only where the microversion needs it),
     register its deletion, and wait until it is ``available``."""
-    force = microversion.snapshot_needs_force(block_storage, volume.status)
     attrs: dict[str, Any] = {
         'volume_id': volume.id,
         'name': run.temporary_name('snapshot', volume.name or volume.id),
         'description': f'Temporary snapshot of osc-backup run {run.run_id}',
         'metadata': run.temporary_metadata(volume.id),
     }
-    if force:
-        attrs['force'] = True
     with cleanup.creating():
-        snap = block_storage.create_snapshot(**attrs)
+        snap = microversion.create_snapshot(
+            block_storage, attrs, volume.status
+        )
         cleanup.add(
             f'delete temporary snapshot {snap.id}',
             lambda: delete_snapshot(

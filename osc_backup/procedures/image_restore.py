@@ -33,6 +33,7 @@ from typing import Any
 
 from osc_backup.common import backup_set
 from osc_backup.common import errors
+from osc_backup.common import tags
 from osc_backup.common import waits
 from osc_backup.common.cleanup import PARTIAL, Cleanup
 from osc_backup.common.progress import NullReporter, Reporter
@@ -145,8 +146,13 @@ def restore_image(
     reporter: Reporter | None = None,
     interval: float = waits.DEFAULT_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
+    run: tags.Run | None = None,
 ) -> RestoredImage:
     """Upload a backup set to Glance and check that Glance agrees.
+
+    The image is uploaded under the run's temporary name and renamed once
+    verified, and a key stored for it is named with the run tag, so that
+    ``backup cleanup`` finds what a killed run left.
 
     The recorded formats and properties are restored (those Glance owns
     are left out); ``name``/``properties`` override. The data file's
@@ -178,12 +184,18 @@ def restore_image(
         body['name'] = image_rec.get('id') or os.path.basename(data)
     key = _key_to_restore(conn, manifest, data, properties or {})
     deadline = waits.Deadline(timeout)
-    cleanup = Cleanup(reporter)
+    run = run or tags.Run()
+    cleanup = Cleanup(reporter, run_id=run.run_id)
     new_key_id: str | None = None
+    final_name = str(body['name'])
+    body['name'] = run.temporary_name('image', final_name)
     with cleanup.guard():
         if key is not None:
-            new_key_id = _restore_key(conn, key, body, cleanup, reporter)
-        reporter.step(f"Creating image '{body['name']}'")
+            new_key_id = _restore_key(
+                conn, key, body, cleanup, reporter,
+                name=run.key_name(final_name),
+            )
+        reporter.step(f"Creating image '{final_name}'")
         with cleanup.creating():
             resp = conn.image.post('/images', json=body)
             errors.check_response(resp, 'Creating the image', (201,))
@@ -225,6 +237,7 @@ def restore_image(
             interval=interval,
         )
         verified = _verify_glance(image, manifest, local_algo)
+        image = conn.image.update_image(image.id, name=final_name)
         if image_rec.get('protected'):
             image = conn.image.update_image(image, is_protected=True)
         cleanup.outcome = f'image {image_id} is active'
@@ -308,13 +321,16 @@ def _restore_key(
     body: dict[str, Any],
     cleanup: Cleanup,
     reporter: Reporter,
+    *,
+    name: str,
 ) -> str:
-    """Store the key as a new secret; point the image body at it."""
+    """Store the key as a new secret named ``name``; point the image body
+    at it."""
     reporter.step(f'Storing the image key from {key.origin} in Barbican')
     with cleanup.creating():
         href = secrets.store_secret(
             conn, key.payload, key.described,
-            content_type_=key.content_type,
+            content_type_=key.content_type, name=name,
         )
         new_id = secrets.secret_uuid(href) or href
         cleanup.add(

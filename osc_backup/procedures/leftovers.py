@@ -13,12 +13,29 @@
 """Find and remove what interrupted runs left behind.
 
 A run that was killed (SIGKILL, power loss, lost network) could not run its
-cleanup stack. Its temporary volumes and snapshots carry osc-backup's
-metadata (tool name, run ID, ``temporary``), which is how we find them.
+cleanup stack. Everything it may leave carries the tool's prefix and its
+run tag in its *name* (see :mod:`osc_backup.common.tags`), and that is the
+only thing this module trusts; it touches nothing else:
+
+* ``osc-backup-tmp-<run>-...`` volumes and snapshots: temporaries of the
+  image path, and restore target volumes of a restore that did not finish
+  (a finished one is renamed);
+* ``osc-backup-tmp-<run>-...`` images of the current project: uploads that
+  never got their record, and Nova root snapshots of a server run that did
+  not finish (a finished one is renamed);
+* ``osc-backup-key-<run>-...`` Barbican secrets that no image refers to
+  (``cinder_encryption_key_id``): keys an image restore stored for an image
+  it never finished.
+
+Volumes and snapshots also carry osc-backup's metadata; one whose metadata
+names another run or another tool is not touched.
 """
 
 from __future__ import annotations
 
+import logging
+import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,50 +43,151 @@ from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.common.progress import Reporter
+from osc_backup.procedures import secrets
+
+LOG = logging.getLogger(__name__)
+
+#: removal order: images (an image may take its key copy with it), volumes
+#: (they may come from the snapshots), snapshots, secrets
+KINDS = ('image', 'volume', 'snapshot', 'secret')
+
+#: what a temporary name's role says the resource was
+ROLES = {
+    'snapshot': 'temporary snapshot',
+    'volume': 'temporary volume',
+    'image': 'upload that never got its record',
+    'root': 'Nova root snapshot of a server run that did not finish',
+    'restore': 'target of a restore that did not finish',
+}
 
 
 @dataclass
 class Leftover:
-    kind: str  # 'volume' or 'snapshot'
+    kind: str  # one of KINDS
     id: str
     name: str | None
     status: str | None
-    run_id: str | None
+    run_id: str
     created_at: str | None
+    #: what it was for in its run
+    what: str = ''
+    #: what the CLI deletes it by, when not the ID (a secret's href)
+    ref: str | None = None
     result: str = ''
 
     @property
     def remove_command(self) -> str:
-        return f'openstack {waits.cli_noun(self.kind)} delete {self.id}'
+        noun = waits.cli_noun(self.kind).split()
+        return shlex.join(['openstack', *noun, 'delete', self.ref or self.id])
 
 
-def _matches(metadata: dict[str, str] | None, run_id: str | None) -> bool:
-    if not tags.is_temporary(metadata):
+def _tag(name: str | None, kind: str, run_id: str | None) -> str | None:
+    """The run ID in ``name`` if it is an osc-backup name of ``kind``
+    ('tmp' or 'key') of the run asked for; else None."""
+    tagged = tags.tagged_name(name)
+    if tagged is None or tagged[0] != kind:
+        return None
+    if run_id is not None and tagged[1] != run_id:
+        return None
+    return tagged[1]
+
+
+def _role(name: str, run_id: str) -> str:
+    rest = name[len(tags.TEMPORARY_PREFIX) + len(run_id) + 1:]
+    role = rest.split('-of-', 1)[0]
+    return ROLES.get(role, 'temporary resource')
+
+
+def _metadata_agrees(metadata: dict[str, str] | None, run_id: str) -> bool:
+    """A volume's or snapshot's own metadata must not name another run or
+    tool (it may be missing: Cinder's backup restore replaces it)."""
+    md = metadata or {}
+    if md.get(tags.KEY_TOOL, tags.TOOL) != tags.TOOL:
         return False
-    return run_id is None or (metadata or {}).get(tags.KEY_RUN_ID) == run_id
+    return md.get(tags.KEY_RUN_ID, run_id) == run_id
 
 
-def find_leftovers(conn: Any, run_id: str | None = None) -> list[Leftover]:
-    """Temporary volumes and snapshots of osc-backup runs (or of one)."""
+def _block_storage(conn: Any, run_id: str | None) -> Iterable[Leftover]:
     bs = conn.block_storage
-    found: list[Leftover] = []
     for kind, items in (
         ('volume', bs.volumes(details=True)),
         ('snapshot', bs.snapshots(details=True)),
     ):
         for res in items:
-            if _matches(res.metadata, run_id):
-                found.append(
-                    Leftover(
-                        kind=kind,
-                        id=res.id,
-                        name=res.name,
-                        status=res.status,
-                        run_id=(res.metadata or {}).get(tags.KEY_RUN_ID),
-                        created_at=res.created_at,
-                    )
-                )
+            run = _tag(res.name, 'tmp', run_id)
+            if run is None or not _metadata_agrees(res.metadata, run):
+                continue
+            yield Leftover(
+                kind=kind, id=res.id, name=res.name, status=res.status,
+                run_id=run, created_at=res.created_at,
+                what=_role(res.name, run),
+            )
+
+
+def _images(images: list[Any], project: str | None, run_id: str | None
+            ) -> Iterable[Leftover]:
+    for image in images:
+        run = _tag(image.name, 'tmp', run_id)
+        if run is None or (project and image.owner != project):
+            continue
+        yield Leftover(
+            kind='image', id=image.id, name=image.name, status=image.status,
+            run_id=run, created_at=image.created_at,
+            what=_role(image.name, run),
+        )
+
+
+def _secrets(conn: Any, images: list[Any], run_id: str | None
+             ) -> Iterable[Leftover]:
+    used = set()
+    for image in images:
+        props = dict(getattr(image, 'properties', None) or {})
+        key = props.get(secrets.IMAGE_KEY_ID)
+        if key:
+            used.add(str(key).lower())
+    for secret in conn.key_manager.secrets():
+        run = _tag(secret.name, 'key', run_id)
+        href = str(secret.secret_ref or secret.id)
+        uuid = secrets.secret_uuid(href)
+        if run is None or uuid is None or uuid in used:
+            continue
+        yield Leftover(
+            kind='secret', id=uuid, name=secret.name,
+            status=secret.status, run_id=run, created_at=secret.created_at,
+            what='key stored for an image restore; no image uses it',
+            ref=href,
+        )
+
+
+def find_leftovers(
+    conn: Any, run_id: str | None = None, reporter: Reporter | None = None
+) -> list[Leftover]:
+    """What interrupted osc-backup runs (or run ``run_id``) left in the
+    current project, in removal order.
+
+    A service that cannot be asked (e.g. no Key Manager in the cloud) is
+    skipped with a warning.
+    """
+    found: list[Leftover] = []
+    images: list[Any] = []
+    try:
+        images = list(conn.image.images())
+    except Exception as exc:
+        _skipped(reporter, 'images', exc)
+    found += _images(images, conn.current_project_id, run_id)
+    found += _block_storage(conn, run_id)
+    try:
+        found += _secrets(conn, images, run_id)
+    except Exception as exc:
+        _skipped(reporter, 'secrets (Barbican)', exc)
+    found.sort(key=lambda lo: KINDS.index(lo.kind))
     return found
+
+
+def _skipped(reporter: Reporter | None, what: str, exc: Exception) -> None:
+    LOG.debug('Cannot list %s', what, exc_info=True)
+    if reporter is not None:
+        reporter.warn(f'could not look for leftover {what}: {exc}')
 
 
 def remove_leftovers(
@@ -79,27 +197,35 @@ def remove_leftovers(
     *,
     interval: float = waits.DEFAULT_INTERVAL,
 ) -> list[Leftover]:
-    """Delete them: volumes first (they may come from the snapshots).
+    """Delete them, in :data:`KINDS` order, each waited until gone.
 
     Sets ``result`` on each; returns the ones that could not be removed.
     """
     failed: list[Leftover] = []
-    order = sorted(leftovers, key=lambda lo: lo.kind != 'volume')
-    for lo in order:
+    for lo in sorted(leftovers, key=lambda lo: KINDS.index(lo.kind)):
         reporter.step(f'Deleting {lo.kind} {lo.id}')
         try:
-            if lo.kind == 'volume':
-                volumes.delete_volume(
-                    conn.block_storage, lo.id,
-                    step='delete leftover volume', interval=interval,
-                )
-            else:
-                volumes.delete_snapshot(
-                    conn.block_storage, lo.id,
-                    step='delete leftover snapshot', interval=interval,
-                )
+            _remove(conn, lo, interval)
             lo.result = 'deleted'
         except Exception as exc:
             lo.result = f'failed: {exc}'
             failed.append(lo)
     return failed
+
+
+def _remove(conn: Any, lo: Leftover, interval: float) -> None:
+    if lo.kind == 'volume':
+        volumes.delete_volume(
+            conn.block_storage, lo.id,
+            step='delete leftover volume', interval=interval,
+        )
+    elif lo.kind == 'snapshot':
+        volumes.delete_snapshot(
+            conn.block_storage, lo.id,
+            step='delete leftover snapshot', interval=interval,
+        )
+    elif lo.kind == 'image':
+        # Glance deletes at once (no 'deleting' to wait out)
+        conn.image.delete_image(lo.id, ignore_missing=True)
+    else:
+        secrets.delete_secret(conn, lo.id)

@@ -452,8 +452,10 @@ def plan_steps(plan: Plan, opts: Options, run: tags.Run) -> list[str]:
         if disk.role == ROLE_ROOT:
             steps.append(
                 f'POST /servers/{server.id}/action createImage name='
-                f'{root_image_name(server, opts, run)} metadata='
-                f'{tags.PREFIX}* -> wait image active'
+                f'{root_snapshot_name(server, run)} '
+                f'metadata={tags.PREFIX}* -> wait image active -> PATCH '
+                f'name={root_image_name(server, opts, run)}, inherited '
+                f'{tags.PREFIX}* keys removed'
             )
             if opts.download is not None:
                 steps.append(
@@ -470,6 +472,12 @@ def plan_steps(plan: Plan, opts: Options, run: tags.Run) -> list[str]:
     if plan.manifest:
         steps.append(f'write server manifest {plan.manifest}')
     return steps
+
+
+def root_snapshot_name(server: Any, run: tags.Run) -> str:
+    """The root snapshot's name until it is complete: the run's temporary
+    name, which ``backup cleanup`` finds after a killed run."""
+    return run.temporary_name('root', server.name or server.id)
 
 
 def root_image_name(server: Any, opts: Options, run: tags.Run) -> str:

@@ -26,6 +26,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from typing import Any
 
@@ -41,6 +42,8 @@ from osc_backup.procedures import secrets
 from osc_backup.procedures import server_manifest
 from osc_backup.procedures import server_plan
 from osc_backup.procedures import volume_image
+
+LOG = logging.getLogger(__name__)
 
 #: the method recorded on the root disk image
 METHOD = 'server-image'
@@ -75,6 +78,9 @@ def snapshot_root(
     """
     label = server_plan.server_label(server)
     name = server_plan.root_image_name(server, opts, run)
+    # named with the run tag until it is complete (what `backup cleanup`
+    # finds when the run is killed); finish_root gives it its name
+    snapshot_name = server_plan.root_snapshot_name(server, run)
     metadata = root_record(server, disk, opts, plan, run)
     if plan.consistency == volumes.CRASH_CONSISTENT:
         reporter.warn(
@@ -89,7 +95,9 @@ def snapshot_root(
         reporter.step(f'Nova: createImage of server {label} -> {name}')
         with cleanup.creating():
             try:
-                image_id = server.create_image(conn.compute, name, metadata)
+                image_id = server.create_image(
+                    conn.compute, snapshot_name, metadata
+                )
             except sdk_exc.HttpException as exc:
                 raise errors.BackupError(
                     f'Nova refused to snapshot server {label}: '
@@ -141,17 +149,23 @@ def finish_root(
     and the error says so and how to finish by hand.
     """
     record = root_record(server, disk, opts, plan, run)
+    name = server_plan.root_image_name(server, opts, run)
     try:
-        drop_inherited_record(conn, image, record)
+        drop_inherited_record(conn, image, record, name=name)
     except _StaleRecord as exc:
         label = server_plan.server_label(server)
+        renamed = _rename(conn, image, name)
         unset = ' '.join(f'--property {shlex.quote(k)}' for k in exc.keys)
+        fix = (
+            f'Remove it with: openstack image unset {unset} {image.id}'
+            if exc.keys else ''
+        )
         raise errors.BackupError(
             f'Image {image.id}, the root disk of server {label}, is active '
-            'and kept (a complete backup), but the osc_backup_* record '
-            'Nova copied into it from the image the server booted from '
-            f'could not be removed: {exc.cause} Remove it with: '
-            f'openstack image unset {unset} {image.id}'
+            'and kept (a complete backup), but completing it failed: the '
+            'osc_backup_* record Nova copied into it from the image the '
+            f'server booted from could not be removed: {exc.cause} '
+            f'{renamed} {fix}'.strip()
         ) from exc
     if opts.download is not None:
         disk.result['files'] = volume_image.download_image(
@@ -159,15 +173,33 @@ def finish_root(
         )
 
 
+def _rename(conn: Any, image: Any, name: str) -> str:
+    """Give the kept image its final name, so that ``backup cleanup``
+    does not take it for the snapshot of a killed run; what happened."""
+    try:
+        conn.image.update_image(image.id, name=name)
+        return f"It is named '{name}'."
+    except Exception as exc:
+        LOG.debug('Renaming image %s failed', image.id, exc_info=True)
+        return (
+            f"It still has its temporary name '{image.name}' (renaming it "
+            f"failed too: {exc}), which 'openstack backup cleanup' removes: "
+            f'keep it with: openstack image set --name {shlex.quote(name)} '
+            f'{image.id}.'
+        )
+
+
 def drop_inherited_record(
-    conn: Any, image: Any, record: dict[str, str]
+    conn: Any, image: Any, record: dict[str, str], *, name: str
 ) -> None:
     """Remove osc_backup_* properties Nova copied from the base image.
 
     Nova gives a snapshot the properties of the image the server booted
     from; when that image was itself made by osc-backup (a restored
     volume image, say), its record (source volume, size...) would describe
-    the wrong thing. Only possible once the image is active. A Nova that
+    the wrong thing. Only possible once the image is active. The same
+    patch gives the image its final ``name`` (it was created under the
+    run's temporary name). A Nova that
     still copies ``cinder_encryption_key_deletion_policy`` (newer ones do
     not) would tie the base image's key to this image's deletion: it is
     set to ``do_not_delete``, this run stored no key.
@@ -186,6 +218,8 @@ def drop_inherited_record(
             'op': 'replace', 'path': f'/{secrets.IMAGE_KEY_POLICY}',
             'value': 'do_not_delete',
         })
+    if image.name != name:
+        patch.append({'op': 'replace', 'path': '/name', 'value': name})
     if not patch:
         return
     try:
@@ -203,6 +237,7 @@ def drop_inherited_record(
         )
     except Exception as exc:
         keys = stale + [
-            op['path'][1:] for op in patch if op['op'] == 'replace'
+            op['path'][1:] for op in patch
+            if op['op'] == 'replace' and op['path'] != '/name'
         ]
         raise _StaleRecord(keys, exc) from exc

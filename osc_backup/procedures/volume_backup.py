@@ -36,9 +36,19 @@ service runs (``API.delete`` also needs a backup host and answers
 ``restore`` answer synchronously, and both act when a service is there.
 So, reading only, in this order:
 
-1. ``GET /os-services?binary=cinder-backup`` (admins, or clouds whose policy
-   lets the user read services): an enabled service that is ``up`` in the
-   zone the backup goes to (Cinder's own rule) -> backup path, else image.
+1. ``GET /os-services`` (admins, or clouds whose policy lets the user read
+   services): an enabled ``cinder-backup`` that is ``up`` in the zone the
+   backup goes to (Cinder's own rule) *and has reported recently* -> backup
+   path, else image. Cinder calls a service ``up`` until
+   ``service_down_time`` (60 s by default) has passed since its last report,
+   so for a minute after a crash a dead service still looks ``up``; every
+   Cinder service reports every ``report_interval`` (10 s by default). A
+   ``cinder-backup`` whose ``updated_at`` is more than
+   :data:`STALE_AFTER` (30 s: three report intervals) older than the newest
+   report of any Cinder service counts as down. Comparing the services'
+   own timestamps, not the local clock, keeps a skewed client clock out of
+   it. A cloud with a ``report_interval`` above 10 s may see a live service
+   taken for dead (then the image path is taken: slower, never wrong).
 2. Plain members (403): if an earlier osc-backup run left a backup that
    the scheduler rejected for lack of a service, ask Cinder to delete it.
    "Service cinder-backup could not be found" -> still none: image path,
@@ -74,6 +84,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from dataclasses import dataclass, field
@@ -120,6 +131,12 @@ SCHEDULER_REJECTION = 'Service not found for creating backup'
 API_REJECTION = 'Service cinder-backup could not be found'
 
 BACKUP_FAILURES = ['error', 'error_deleting', 'deleted']
+
+#: Cinder's default report_interval: how often each service reports.
+REPORT_INTERVAL = 10.0
+#: A cinder-backup whose last report is this much older than the newest
+#: report of any Cinder service is taken for dead (see the module doc).
+STALE_AFTER = 3 * REPORT_INTERVAL
 
 #: A running backup service takes a backup within a second or two (it sets
 #: the backup's availability zone, which every user can see). Cinder's
@@ -199,6 +216,29 @@ def _ours(backup: Any) -> bool:
     return (backup.metadata or {}).get(KEY_TOOL) == tags.TOOL
 
 
+def _reported(service: Any) -> datetime.datetime | None:
+    """When the service last reported (``updated_at``, UTC)."""
+    text = getattr(service, 'updated_at', None)
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when
+
+
+def _silence(service: Any, newest: datetime.datetime | None) -> float | None:
+    """Seconds between the service's last report and the newest report of
+    any Cinder service; None when the timestamps do not tell."""
+    when = _reported(service)
+    if when is None or newest is None:
+        return None
+    return (newest - when).total_seconds()
+
+
 def detect(
     conn: Any,
     volume: Any,
@@ -215,11 +255,14 @@ def detect(
     zone = availability_zone or volume.availability_zone
     where = f" in zone '{zone}'" if zone else ''
     try:
-        services = list(bs.services(binary='cinder-backup'))
+        every = list(bs.services())
     except sdk_exc.HttpException as exc:
         LOG.debug('Cannot list services: %s', exc)
-        services = None
-    if services is not None:
+        every = None
+    if every is not None:
+        services = [s for s in every if s.binary == 'cinder-backup']
+        reports = [r for r in map(_reported, every) if r is not None]
+        newest = max(reports) if reports else None
         up = [
             s
             for s in services
@@ -227,11 +270,24 @@ def detect(
             and s.state == 'up'
             and (not zone or s.availability_zone == zone)
         ]
-        if up:
+        fresh = [
+            s for s in up
+            if (_silence(s, newest) or 0.0) <= STALE_AFTER
+        ]
+        if fresh:
             return Detection(
                 METHOD,
-                f'cinder-backup is up{where} on {up[0].host} '
+                f'cinder-backup is up{where} on {fresh[0].host} '
                 '(services API)',
+            )
+        if up:
+            quiet = int(_silence(up[0], newest) or 0)
+            return Detection(
+                volume_image.METHOD,
+                f'cinder-backup on {up[0].host}{where} has not reported for '
+                f'{quiet} s (more than {int(STALE_AFTER)} s behind the '
+                'newest report of a Cinder service): it has stopped, '
+                "although Cinder still calls it 'up' (services API)",
             )
         if services:
             return Detection(
@@ -629,16 +685,12 @@ def _record_key(
     if waited and supports(bs, MV_METADATA):
         try:
             # Cinder has no backup metadata API of its own: the update
-            # (3.43) replaces the whole metadata
+            # (PUT /backups/<id>, 3.43; openstacksdk sends up to 3.64)
+            # replaces the whole metadata
             current = _get(bs, backup.id) or backup
             metadata = dict(current.metadata or {})
             metadata[KEY_ENCRYPTION_KEY] = str(key_id)
-            resp = bs.put(
-                f'/backups/{backup.id}',
-                json={'backup': {'metadata': metadata}},
-                microversion=MV_METADATA,
-            )
-            sdk_exc.raise_from_response(resp)
+            bs.update_backup(current, metadata=metadata)
         except Exception as exc:  # the backup is complete: only a note
             LOG.debug('Recording the key ID failed', exc_info=True)
             reporter.warn(

@@ -135,8 +135,7 @@ def backup_volume(
                 )
             choice.method, choice.reason = IMAGE, reason
             choice.confirmed = True
-    result = volume_image.backup_volume_via_image(
-        conn, volume, image_opts, run=run, reporter=reporter
+    return volume_image.backup_volume_via_image(
+        conn, volume, image_opts, run=run, reporter=reporter,
+        method_reason=choice.reason,
     )
-    result['method_reason'] = choice.reason
-    return result

@@ -21,12 +21,33 @@ images"), detached and attached.
   below microversion 3.66) -> temporary volume -> upload -> wait ->
   delete the temporaries. The result is crash-consistent.
 
+The record
+----------
+Cinder copies a volume's image metadata (``volume_image_metadata``: the
+properties of the image a volume was created from) into every image
+uploaded from it, so the image of a volume that was itself restored from a
+backup image arrives with that old backup's ``osc_backup_*`` properties.
+Once the image is ``active`` (Glance takes no property update during an
+upload), :func:`write_record` writes the complete record of *this* backup
+in one JSON patch and removes every other ``osc_backup_*`` key.
+
+The image is uploaded under a temporary name carrying the run tag
+(``osc-backup-tmp-<run>-image-of-<volume>``) and gets its final name in
+the same patch: an image with the tool's temporary name is an upload that
+never got its record, which is how ``openstack backup cleanup`` finds the
+image of an interrupted run. If writing the record fails, the complete
+image is kept (renamed if at all possible) and the error says so: a good
+backup is never deleted for want of its record.
+
 Plain module: takes an openstacksdk ``Connection``; no cliff.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +64,8 @@ from osc_backup.common.cleanup import PARTIAL, Cleanup
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import image_save
 from osc_backup.procedures import secrets
+
+LOG = logging.getLogger(__name__)
 
 METHOD = 'image'
 
@@ -81,6 +104,18 @@ NO_WAIT_NOTE = (
     "consistency): Glance cannot take property updates during an upload. "
     "Wait for 'active' with 'openstack image show {image}'."
 )
+
+#: Content type of a Glance image JSON patch.
+JSON_PATCH = 'application/openstack-images-v2.1-json-patch'
+
+
+class RecordNotWritten(errors.BackupError):
+    """The image is complete and kept, but its record could not be
+    written."""
+
+    def __init__(self, message: str, *, image_id: str) -> None:
+        super().__init__(message)
+        self.image_id = image_id
 
 
 @dataclass
@@ -137,6 +172,14 @@ def preflight(volume: Any, opts: Options) -> str:
             "the temporary snapshot and volume can only be deleted after "
             "the upload has finished. Run without --no-wait."
         )
+    inherited = inherited_record(volume)
+    if inherited and not opts.wait:
+        raise errors.InvalidInput(
+            f"Volume {label} carries the osc-backup record of the image it "
+            f"was created from ({', '.join(inherited)}); Cinder copies it "
+            'into the new image, and with --no-wait it cannot be replaced '
+            "by this backup's record. Run without --no-wait."
+        )
     if opts.timeout <= 0:
         raise errors.InvalidInput('--timeout must be a positive number.')
     if opts.download is not None:
@@ -183,6 +226,13 @@ def base_record(
     }
 
 
+def inherited_record(volume: Any) -> list[str]:
+    """The ``osc_backup_*`` keys a volume got from the image it was made
+    from (Cinder copies them into every image uploaded from it)."""
+    meta = getattr(volume, 'volume_image_metadata', None) or {}
+    return sorted(k for k in meta if str(k).startswith(tags.PREFIX))
+
+
 def record_properties(
     volume: Any, consistency: str, run: tags.Run
 ) -> dict[str, str]:
@@ -204,36 +254,37 @@ def plan(
     """The steps and API calls a real run would make; changes nothing."""
     consistency = preflight(volume, opts)
     name = opts.name or run.default_name(volume.name or volume.id)
+    upload_name = _upload_name(volume, name, opts, run)
     fmt = f'{opts.disk_format}/{opts.container_format}'
+    record_step = (
+        f'PATCH /v2/images/<image> name={name}, {tags.PREFIX}* record '
+        f'properties (other {tags.PREFIX}* keys removed)'
+    )
     steps: list[str] = []
     if volume.status == 'in-use':
-        force = microversion.snapshot_needs_force(
-            conn.block_storage, volume.status
-        )
         version = microversion.snapshot_microversion(conn.block_storage)
+        force = microversion.snapshot_needs_force(version, volume.status)
         steps += [
             f'POST /snapshots volume_id={volume.id} '
-            f'force={str(force).lower()} (microversion {version or "3.0"})'
+            f'{"force=true" if force else "without force"} '
+            f'(microversion {version or microversion.BASE_MICROVERSION})'
             ' -> wait available',
             f'POST /volumes snapshot_id=<snapshot> size={volume.size} '
             '-> wait available',
             f'POST /volumes/<temporary volume>/action os-volume_upload_image '
-            f'image_name={name} {fmt}',
+            f'image_name={upload_name} {fmt}',
             'wait image active; wait temporary volume available',
-            f'PATCH /v2/images/<image> {tags.PREFIX}* record properties',
+            record_step,
             'DELETE /volumes/<temporary volume> -> wait gone',
             'DELETE /snapshots/<snapshot> -> wait gone',
         ]
     else:
         steps += [
             f'POST /volumes/{volume.id}/action os-volume_upload_image '
-            f'image_name={name} {fmt}',
+            f'image_name={upload_name} {fmt}',
         ]
         if opts.wait:
-            steps += [
-                'wait image active; wait volume available',
-                f'PATCH /v2/images/<image> {tags.PREFIX}* record properties',
-            ]
+            steps += ['wait image active; wait volume available', record_step]
     if opts.download is not None:
         steps.append(
             f'GET /v2/images/<image>/file -> backup set in {opts.download} '
@@ -283,28 +334,116 @@ def _upload(
     return conn.image.get_image(image_id)
 
 
-def _record(
-    conn: Any,
-    image: Any,
-    source: Any,
-    opts: Options,
-    consistency: str,
-    run: tags.Run,
-) -> Any:
-    """Write the backup's record onto the (active) image.
+def _upload_name(
+    volume: Any, name: str, opts: Options, run: tags.Run
+) -> str:
+    """The name the image is uploaded under: the run's temporary name
+    until the record is written (see the module docstring); the final
+    name with --no-wait, which never writes a record."""
+    if not opts.wait:
+        return name
+    return run.temporary_name('image', volume.name or volume.id)
 
-    Only once the image is ``active``: a property update while Glance is
-    still receiving the data races with the upload's own status change
-    (Glance answers the upload with 410 Gone and Cinder deletes the image).
+
+def image_properties(image: Any) -> dict[str, Any]:
+    """The image's extra properties (where openstacksdk keeps the keys it
+    does not know, e.g. every ``osc_backup_*``)."""
+    return dict(getattr(image, 'properties', None) or {})
+
+
+def write_record(
+    conn: Any, image: Any, record: dict[str, str], *, name: str
+) -> Any:
+    """Make ``record`` the image's whole ``osc_backup_*`` record and
+    ``name`` its name, in one JSON patch; return the updated image.
+
+    Every ``osc_backup_*`` key that is not in ``record`` is removed: an
+    image uploaded from a volume gets the volume's image metadata, i.e.
+    the record of the backup that volume was restored from. The patch is
+    sent as such because openstacksdk's ``update_image`` cannot remove
+    properties (given the fetched image, openstacksdk 4.18 also computes a
+    patch that removes 'stores', which Glance refuses with 409).
+
+    :param image: the image as Glance showed it last (active).
     """
-    props = record_properties(source, consistency, run)
+    stale = sorted(
+        k for k in image_properties(image)
+        if k.startswith(tags.PREFIX) and k not in record
+    )
+    patch: list[dict[str, Any]] = [
+        {'op': 'remove', 'path': f'/{k}'} for k in stale
+    ]
+    # 'add' sets a key whether it exists or not (Glance's v2.1 patch)
+    patch += [
+        {'op': 'add', 'path': f'/{k}', 'value': v}
+        for k, v in record.items()
+    ]
+    if image.name != name:
+        patch.append({'op': 'replace', 'path': '/name', 'value': name})
+    response = conn.image.patch(
+        f'/images/{image.id}',
+        data=json.dumps(patch),
+        headers={'Content-Type': JSON_PATCH},
+    )
+    sdk_exc.raise_from_response(response)
+    return conn.image.get_image(image.id)
+
+
+def record_of(
+    volume: Any, opts: Options, consistency: str, run: tags.Run
+) -> dict[str, Any]:
+    """Everything the image of ``volume`` is given once it is active: the
+    record, the caller's record keys, the user's properties."""
+    props: dict[str, Any] = record_properties(volume, consistency, run)
     props.update(opts.record)
     props.update(opts.properties)
     if opts.description:
         props['description'] = opts.description
-    # By ID: given the fetched Image, openstacksdk 4.18 computes a JSON
-    # patch that removes 'stores', which Glance refuses (409).
-    return conn.image.update_image(image.id, **props)
+    return props
+
+
+def finish_image(
+    conn: Any, image: Any, record: dict[str, Any], *, name: str, what: str
+) -> tuple[Any, RecordNotWritten | None]:
+    """Write ``record`` and the final ``name`` onto a complete (active)
+    image (:func:`write_record`); the image, and the error to raise once
+    the run's temporaries are gone, if that failed.
+
+    Only once the image is ``active``: a property update while Glance is
+    still receiving the data races with the upload's own status change
+    (Glance answers the upload with 410 Gone and Cinder deletes the image).
+    If the record cannot be written, the image is kept (a complete backup
+    is never deleted for want of its record) and at least renamed, so that
+    ``backup cleanup`` does not take it for the upload of a killed run.
+
+    :param what: what the image is a backup of, for the error message.
+    """
+    try:
+        return write_record(conn, image, record, name=name), None
+    except Exception as failure:
+        LOG.debug('Writing the record failed', exc_info=True)
+        reason = f'{failure.__class__.__name__}: {failure}'
+        if isinstance(failure, sdk_exc.HttpException):
+            reason = str(failure.details or failure)
+    image_id = image.id
+    try:
+        image = conn.image.update_image(image_id, name=name)
+        renamed = f"It is named '{name}'."
+    except Exception as exc:
+        LOG.debug('Renaming image %s failed', image_id, exc_info=True)
+        renamed = (
+            f"It still has its temporary name '{image.name}' (renaming it "
+            f"failed too: {exc}), which 'openstack backup cleanup' removes: "
+            f'keep it with: openstack image set --name {shlex.quote(name)} '
+            f'{image_id}'
+        )
+    return image, RecordNotWritten(
+        f'The backup image {image_id} of {what} is active, complete and '
+        'kept, but its record (source, type, size, consistency) could not '
+        f'be written: {reason}. {renamed} A restore from it needs --type; '
+        'the size comes from the image.',
+        image_id=image_id,
+    )
 
 
 def backup_volume_via_image(
@@ -314,13 +453,19 @@ def backup_volume_via_image(
     *,
     run: tags.Run,
     reporter: Reporter,
+    method_reason: str = 'requested with --via-image',
 ) -> dict[str, Any]:
-    """Back up ``volume`` to a Glance image. See the module docstring."""
+    """Back up ``volume`` to a Glance image. See the module docstring.
+
+    :raises RecordNotWritten: the image is complete and kept, but its
+        record could not be written.
+    """
     consistency = preflight(volume, opts)
     bs = conn.block_storage
     started = time.monotonic()
     deadline = waits.Deadline(opts.timeout)
     name = opts.name or run.default_name(volume.name or volume.id)
+    upload_name = _upload_name(volume, name, opts, run)
     label = volumes.volume_label(volume)
     if consistency == volumes.CRASH_CONSISTENT:
         reporter.warn(CRASH_WARNING.format(volume=label))
@@ -353,7 +498,7 @@ def backup_volume_via_image(
             upload_from = volume
             cleanup.add(
                 f'wait for volume {volume.id} to leave uploading',
-                lambda: _settle_source(bs, volume, opts.interval),
+                lambda: _settle_source(bs, volume.id, opts.interval),
                 leftover=f'volume {volume.id} (busy uploading)',
                 remove_command=(
                     f'openstack volume show {volume.id}  '
@@ -361,8 +506,11 @@ def backup_volume_via_image(
                 ),
                 when=PARTIAL,
             )
-        image = _upload(conn, upload_from, name, opts, cleanup, reporter)
+        image = _upload(
+            conn, upload_from, upload_name, opts, cleanup, reporter
+        )
         image_id = image.id
+        not_recorded: RecordNotWritten | None = None
         if opts.wait:
             reporter.step(f'Waiting for image {image_id} to become active')
             image = waits.wait_for_status(
@@ -378,10 +526,18 @@ def backup_volume_via_image(
                 step='wait for the uploaded volume to be released',
                 timeout=deadline, interval=opts.interval,
             )
-            image = _record(conn, image, volume, opts, consistency, run)
+            reporter.step(f'Writing the record of image {image_id}')
+            # a failure keeps the image: the run goes on (the image's
+            # removal is undone only on failure) and raises it afterwards
+            image, not_recorded = finish_image(
+                conn, image, record_of(volume, opts, consistency, run),
+                name=name, what=f'volume {label}',
+            )
         else:
             reporter.note(NO_WAIT_NOTE.format(image=image_id))
         cleanup.outcome = f'image {image_id} is {image.status}'
+    if not_recorded is not None:
+        raise not_recorded
 
     result = {
         'image_id': image.id,
@@ -399,6 +555,7 @@ def backup_volume_via_image(
         'consistency': consistency,
         'encrypted': bool(volume.is_encrypted),
         'encryption_key_id': None,
+        'method_reason': method_reason,
         'run_id': run.run_id,
         'duration': round(time.monotonic() - started, 1),
         'files': [],
@@ -481,15 +638,20 @@ def download_image(
     return saved.files
 
 
-def _settle_source(bs: Any, volume: Any, interval: float) -> None:
-    """After a failed upload, wait until Cinder has released the source."""
+def _settle_source(bs: Any, volume_id: str, interval: float) -> None:
+    """After a failed upload, wait until Cinder has released the source.
+
+    The direct path uploads only ``available`` volumes, so that is the
+    status to wait for (not the status of the object in hand: the waits of
+    the run refresh it, and it may say 'uploading' by now).
+    """
     try:
-        current = bs.get_volume(volume.id)
+        current = bs.get_volume(volume_id)
     except sdk_exc.NotFoundException:
         return
     if current.status == 'uploading':
         waits.wait_for_status(
-            bs, current, volume.status, kind='volume',
+            bs, current, 'available', kind='volume',
             step='wait for the source volume to be released',
             timeout=volumes.CLEANUP_TIMEOUT, interval=interval,
         )

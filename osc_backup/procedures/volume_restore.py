@@ -29,6 +29,14 @@ with the recorded type, size and bootable flag (image properties
 ``osc_backup_volume_type``, ``osc_backup_volume_size_gb``,
 ``osc_backup_bootable``).
 
+A new volume is created under the run's temporary name
+(``osc-backup-tmp-<run>-restore-of-<source>``, metadata
+``osc_backup_temporary=true``) and gets its final name and metadata once
+the restore is complete (with ``--no-wait``: once Cinder has accepted the
+request), so ``openstack backup cleanup`` finds the target of a run that
+was killed. ``--no-wait`` returns before the data is there, so the recorded
+bootable flag is not set then: the output says how to set it.
+
 Onto an existing volume only with ``--volume V --force`` and only when V is
 ``available``: a backup is restored onto it, an image is written with
 Cinder's re-image action (microversion 3.68).
@@ -306,13 +314,12 @@ def _new_volume(
     res = plan.source.resource
     attrs: dict[str, Any] = {
         'size': plan.size,
-        'name': plan.name,
+        'name': run.temporary_name('restore', plan.name),
         'description': opts.description
         or f'Restored by osc-backup from {plan.source.kind} {res.id}',
         'metadata': {
-            tags.KEY_TOOL: tags.TOOL,
-            tags.KEY_RUN_ID: run.run_id,
-            KEY_RESTORED_FROM: f'{plan.source.kind}:{res.id}',
+            **_target_metadata(plan, run),
+            tags.KEY_TEMPORARY: 'true',
         },
     }
     if plan.volume_type:
@@ -333,6 +340,61 @@ def _new_volume(
             when=PARTIAL,
         )
     return vol
+
+
+def _target_metadata(plan: Plan, run: tags.Run) -> dict[str, str]:
+    res = plan.source.resource
+    return {
+        tags.KEY_TOOL: tags.TOOL,
+        tags.KEY_RUN_ID: run.run_id,
+        KEY_RESTORED_FROM: f'{plan.source.kind}:{res.id}',
+    }
+
+
+def _finish_new_volume(bs: Any, vol: Any, plan: Plan, run: tags.Run) -> Any:
+    """The restore of a new volume is complete (or, with --no-wait, in
+    Cinder's hands): its final name, its metadata re-set (Cinder's backup
+    restore replaces a volume's metadata with the backed-up volume's), and
+    no temporary mark."""
+    # By ID: given the volume in hand, openstacksdk (4.18) pops the key
+    # from its local copy after the call and fails with KeyError when that
+    # copy lacks it.
+    try:
+        bs.delete_volume_metadata(vol.id, keys=[tags.KEY_TEMPORARY])
+    except sdk_exc.NotFoundException:
+        pass  # Cinder's restore replaced the metadata already
+    bs.set_volume_metadata(vol.id, **_target_metadata(plan, run))
+    return bs.update_volume(vol, name=plan.name)
+
+
+def _set_bootable(
+    bs: Any, vol: Any, plan: Plan, opts: Options, reporter: Reporter
+) -> Any:
+    """Give the volume the recorded bootable flag once it is available.
+
+    With --no-wait the data is still arriving, so the flag is not touched
+    (Cinder itself marks a volume written from an image bootable when it
+    is done); when it will then differ from the record, say how to set it.
+    """
+    if plan.bootable is None:
+        return vol
+    if not opts.wait:
+        cinder_sets = (
+            True if plan.source.kind == IMAGE else bool(vol.is_bootable)
+        )
+        if cinder_sets != plan.bootable:
+            flag = '--bootable' if plan.bootable else '--non-bootable'
+            reporter.note(
+                f'--no-wait: volume {vol.id} is still being restored, so '
+                'its recorded bootable flag '
+                f'({str(plan.bootable).lower()}) is not set; once it is '
+                f'available: openstack volume set {flag} {vol.id}'
+            )
+        return vol
+    if vol.status != 'available' or bool(vol.is_bootable) == plan.bootable:
+        return vol
+    bs.set_volume_bootable_status(vol, plan.bootable)
+    return bs.get_volume(vol.id)
 
 
 def restore(
@@ -393,11 +455,12 @@ def restore(
                 conn, plan, opts, run, cleanup, image_id=res.id
             )
             how = 'new volume created from the image'
-            vol = waits.wait_for_status(
-                bs, vol, 'available', kind='volume',
-                step='create volume from image', timeout=deadline,
-                interval=opts.interval, failures=VOLUME_FAILURES,
-            )
+            if opts.wait:
+                vol = waits.wait_for_status(
+                    bs, vol, 'available', kind='volume',
+                    step='create volume from image', timeout=deadline,
+                    interval=opts.interval, failures=VOLUME_FAILURES,
+                )
         else:
             vol = plan.target
             how = 'image written onto existing volume (--force, re-image)'
@@ -413,18 +476,15 @@ def restore(
                 microversion=MV_REIMAGE,
             )
             sdk_exc.raise_from_response(response)
-            vol = waits.wait_for_status(
-                bs, vol, 'available', kind='volume',
-                step='re-image volume', timeout=deadline,
-                interval=opts.interval, failures=VOLUME_FAILURES,
-            )
-        if (
-            plan.bootable is not None
-            and vol.status == 'available'
-            and bool(vol.is_bootable) != plan.bootable
-        ):
-            bs.set_volume_bootable_status(vol, plan.bootable)
-            vol = bs.get_volume(vol.id)
+            if opts.wait:
+                vol = waits.wait_for_status(
+                    bs, vol, 'available', kind='volume',
+                    step='re-image volume', timeout=deadline,
+                    interval=opts.interval, failures=VOLUME_FAILURES,
+                )
+        vol = _set_bootable(bs, vol, plan, opts, reporter)
+        if plan.target is None:
+            vol = _finish_new_volume(bs, vol, plan, run)
         cleanup.outcome = f'volume {vol.id} is {vol.status}'
 
     key_id = _note_key(bs, vol, source, reporter)

@@ -21,19 +21,43 @@ from typing import Any
 from osc_backup import command
 from osc_backup.i18n import _
 
-COLUMNS = ('kind', 'id', 'name', 'status', 'run_id', 'created_at', 'result')
-HEADERS = ('Kind', 'ID', 'Name', 'Status', 'Run ID', 'Created At', 'Result')
+COLUMNS = (
+    'kind', 'id', 'name', 'what', 'status', 'run_id', 'created_at',
+    'result', 'remove_command',
+)
+HEADERS = (
+    'Kind', 'ID', 'Name', 'What', 'Status', 'Run ID', 'Created At',
+    'Result', 'Remove Command',
+)
+
+
+def run_id_arg(text: str) -> str:
+    """argparse type for --run-id: 12 lower-case hex digits."""
+    from osc_backup.common import tags
+
+    if not tags.is_run_id(text):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a run ID (12 hexadecimal digits, as printed "
+            'by every backup command)'
+        )
+    return text
 
 
 class Cleanup(command.Lister):
     _description = _(
-        "Remove temporary resources that interrupted runs left behind\n\n"
-        "Finds the temporary volumes and snapshots that osc-backup marks "
-        "with its metadata (osc_backup_tool, osc_backup_run_id, "
-        "osc_backup_temporary) in the current project, and deletes them, "
-        "waiting until they are gone. Do not run it without --run-id while "
-        "another osc-backup run is in progress in the same project: that "
-        "run's temporaries would be removed too."
+        "Remove what interrupted runs left behind\n\n"
+        "Finds, in the current project, what an osc-backup run that was "
+        "killed could not remove, and deletes it, waiting until it is "
+        "gone: temporary volumes and snapshots, images of uploads that "
+        "never got their record, Nova root snapshots of server runs that "
+        "did not finish, target volumes of restores that did not finish, "
+        "and keys an image restore stored in Barbican that no image uses. "
+        "It touches only resources whose name carries osc-backup's prefix "
+        "and a run ID (osc-backup-tmp-<run>-... and osc-backup-key-<run>-"
+        "...); the Remove Command column has the command that removes each "
+        "by hand. Do not run it without --run-id while another osc-backup "
+        "run is in progress in the same project: that run's resources "
+        "would be removed too."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -41,6 +65,7 @@ class Cleanup(command.Lister):
         parser.add_argument(
             '--run-id',
             metavar='<run-id>',
+            type=run_id_arg,
             help=_(
                 'Only the resources of this run (the run ID is in the '
                 'output and error messages of every backup command)'
@@ -61,15 +86,14 @@ class Cleanup(command.Lister):
         from osc_backup.procedures import leftovers
 
         conn = self.connection()
-        found = leftovers.find_leftovers(conn, parsed_args.run_id)
+        reporter = self.reporter(parsed_args)
+        found = leftovers.find_leftovers(conn, parsed_args.run_id, reporter)
         if parsed_args.dry_run:
             for lo in found:
                 lo.result = 'would delete'
             failed = []
         else:
-            failed = leftovers.remove_leftovers(
-                conn, found, self.reporter(parsed_args)
-            )
+            failed = leftovers.remove_leftovers(conn, found, reporter)
         if failed:
             raise exceptions.CommandError(
                 f'{len(failed)} of {len(found)} leftovers could not be '

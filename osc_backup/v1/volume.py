@@ -42,6 +42,7 @@ IMAGE_COLUMNS = (
     'source_volume_id',
     'source_volume_name',
     'method',
+    'method_reason',
     'consistency',
     'encrypted',
     'encryption_key_id',
@@ -106,6 +107,7 @@ BACKUP_ONLY = {
 DRY_RUN_COLUMNS = (
     'dry_run',
     'method',
+    'method_reason',
     'source_volume_id',
     'source_volume_name',
     'source_volume_status',
@@ -128,7 +130,10 @@ class CreateVolumeBackup(command.ShowOne):
         "--via-image uploads the volume to an image: an 'available' volume "
         "directly, an 'in-use' one through a temporary snapshot and volume "
         "that are deleted afterwards, also on failure and Ctrl-C "
-        "(crash-consistent). --no-wait cannot be used for 'in-use' volumes "
+        "(crash-consistent). The image is named osc-backup-tmp-<run>-image-"
+        "of-<volume> until it is active and its record (osc_backup_* "
+        "properties, replacing any it inherited) is written. --no-wait "
+        "cannot be used for 'in-use' volumes "
         "on this path.\n\n"
         "Without --via-image or --via-backup, the Cinder backup path is "
         "taken when the cloud has a working backup service, else the image "
@@ -339,20 +344,12 @@ class CreateVolumeBackup(command.ShowOne):
             wait=parsed_args.wait,
             timeout=parsed_args.timeout,
         )
-        # explicit --via-image: output unchanged; otherwise + why
-        reason = None if choice.explicit else choice.reason
         if parsed_args.dry_run:
             if choice.method == 'backup':
-                return _plan_output(
-                    volume_backup.plan(conn, volume, backup_options, run),
-                    choice.reason,
-                    (*DRY_RUN_COLUMNS, 'method_reason'),
-                )
-            return _plan_output(
-                volume_image.plan(conn, volume, image_options, run),
-                reason,
-                DRY_RUN_COLUMNS + (('method_reason',) if reason else ()),
-            )
+                plan = volume_backup.plan(conn, volume, backup_options, run)
+            else:
+                plan = volume_image.plan(conn, volume, image_options, run)
+            return _plan_output(plan, choice.reason)
         result = volume_choice.backup_volume(
             conn, volume, choice, image_options, backup_options,
             run=run, reporter=self.reporter(parsed_args),
@@ -360,19 +357,16 @@ class CreateVolumeBackup(command.ShowOne):
         if result['method'] == 'backup':
             return BACKUP_COLUMNS, [result.get(c) for c in BACKUP_COLUMNS]
         result['files'] = format_columns.ListColumn(result['files'])
-        columns = IMAGE_COLUMNS + (
-            ('method_reason',) if not choice.explicit else ()
-        )
-        return columns, [result.get(c) for c in columns]
+        return IMAGE_COLUMNS, [result.get(c) for c in IMAGE_COLUMNS]
 
 
 def _plan_output(
-    result: dict[str, Any], reason: str | None, columns: tuple[str, ...]
+    result: dict[str, Any], reason: str
 ) -> tuple[Sequence[str], Iterable[Any]]:
     """A ``--dry-run`` plan of either method as ShowOne output."""
     result['steps'] = format_columns.ListColumn(result['steps'])
     result['method_reason'] = reason
-    return columns, [result[c] for c in columns]
+    return DRY_RUN_COLUMNS, [result[c] for c in DRY_RUN_COLUMNS]
 
 
 def _given(
@@ -397,7 +391,11 @@ class RestoreVolume(command.ShowOne):
         "image with the recorded type, size and bootable flag.\n\n"
         "Overwriting an existing volume needs --volume <volume> --force, and "
         "that volume must be 'available'. A volume this command created is "
-        "deleted again if the restore fails."
+        "deleted again if the restore fails; until the restore is complete "
+        "it is named osc-backup-tmp-<run>-restore-of-<name>, which 'backup "
+        "cleanup' finds if the command is killed.\n\n"
+        "--no-wait returns once Cinder has accepted the restore; the "
+        "recorded bootable flag is then not set (a note says how)."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:

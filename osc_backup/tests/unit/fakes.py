@@ -1,6 +1,7 @@
 """Spec'd openstacksdk proxies and fake resources for unit tests."""
 
 import collections
+import json
 from unittest import mock
 
 import fixtures
@@ -75,6 +76,93 @@ def image(**attrs):
     }
     defaults.update(attrs)
     return sdk_fakes.generate_fake_resource(_image.Image, **defaults)
+
+
+def response(status=200, body=None, headers=None):
+    """A keystoneauth-like HTTP response."""
+    resp = mock.Mock(status_code=status, headers=headers or {})
+    resp.json.return_value = body if body is not None else {}
+    resp.text = json.dumps(body) if body is not None else ''
+    resp.reason = 'reason'
+    return resp
+
+
+def cinder_makes_snapshots(block_storage, snap, max_microversion='3.65'):
+    """Cinder offers ``max_microversion`` and answers ``POST /snapshots``
+    with ``snap``; what was sent is in ``block_storage.post.call_args``."""
+    block_storage.get_endpoint_data.return_value = mock.Mock(
+        min_microversion='3.0', max_microversion=max_microversion
+    )
+
+    def post(url, json=None, **kwargs):
+        assert url == '/snapshots', url
+        return response(202, {'snapshot': snap.to_dict()})
+
+    block_storage.post.side_effect = post
+
+
+def sent_snapshot(block_storage):
+    """``(body, microversion)`` of the last ``POST /snapshots``."""
+    call = block_storage.post.call_args
+    return call.kwargs['json']['snapshot'], call.kwargs['microversion']
+
+
+class FakeGlance:
+    """Images by ID behind an image proxy: ``get_image`` finds them,
+    ``patch`` applies Glance's v2.1 JSON patches to them (409 for removing
+    a property that is not there, like Glance), ``update_image`` sets
+    attributes. What the images end up as is what a test asserts."""
+
+    def __init__(self, image_proxy, *images):
+        self.images = {}
+        self.patches = []
+        for image in images:
+            self.add(image)
+        image_proxy.get_image.side_effect = self.get
+        image_proxy.patch.side_effect = self.patch
+        image_proxy.update_image.side_effect = self.update
+        self.proxy = image_proxy
+
+    def add(self, image):
+        image.properties = dict(image.properties or {})
+        self.images[image.id] = image
+        return image
+
+    def get(self, image):
+        from openstack import exceptions as sdk_exc
+
+        image_id = getattr(image, 'id', image)
+        if image_id not in self.images:
+            raise sdk_exc.NotFoundException(f'No image {image_id}')
+        return self.images[image_id]
+
+    def patch(self, url, data=None, headers=None, **kwargs):
+        assert headers['Content-Type'] == (
+            'application/openstack-images-v2.1-json-patch'
+        )
+        image = self.get(url.rsplit('/', 1)[-1])
+        ops = json.loads(data)
+        self.patches.append(ops)
+        for op in ops:
+            key = op['path'].lstrip('/')
+            if key == 'name':
+                image.name = op['value']
+            elif op['op'] == 'remove':
+                if key not in image.properties:
+                    return response(409, {'message': f'no {key}'})
+                del image.properties[key]
+            else:
+                image.properties[key] = op['value']
+        return response(200)
+
+    def update(self, image, **attrs):
+        image = self.get(image)
+        for key, value in attrs.items():
+            if key == 'name':
+                image.name = value
+            else:
+                image.properties[key] = value
+        return image
 
 
 class FakeClientMixin:

@@ -376,7 +376,7 @@ class TestBoundedCleanup(base.TestCase):
         self.assertIn('raise --cleanup-timeout', self.err.getvalue())
 
     def test_error_deleting_gives_up_at_once_and_names_the_leftover(self):
-        run = tags.Run(run_id='r2')
+        run = tags.Run(run_id='0000000000f2')
         source = fakes.volume(status='in-use', name='db')
         tmp = fakes.volume(status='creating')
         self.bs.create_volume.return_value = tmp
@@ -399,7 +399,7 @@ class TestBoundedCleanup(base.TestCase):
         self.assertLess(time.monotonic() - started, 3)
         self.bs.delete_volume.assert_called_once_with(tmp, ignore_missing=True)
         self.assertIn(f'openstack volume delete {tmp.id}', str(exc))
-        self.assertIn('openstack backup cleanup --run-id r2', str(exc))
+        self.assertIn('openstack backup cleanup --run-id 0000000000f2', str(exc))
         self.assertIn("'error_deleting'", self.err.getvalue())
 
     def test_remove_commands_are_shell_quoted(self):

@@ -95,20 +95,27 @@ class TestBackupKey(base.TestCase):
         self.backup = mock.Mock(id='b1', encryption_key_id=OLD_KEY,
                                 metadata={'osc_backup_tool': 'osc-backup'})
         self.bs.get_backup.return_value = self.backup
-        self.bs.put.return_value = mock.Mock(status_code=202)
 
     def test_recorded(self):
         with mock.patch.object(volume_backup, 'supports', return_value=True):
             key = volume_backup._record_key(
                 self.bs, self.backup, 'vol', self.reporter, True)
         self.assertEqual(OLD_KEY, key)
-        self.bs.put.assert_called_once_with(
-            '/backups/b1',
-            json={'backup': {'metadata': {
+        # the public SDK call, with the whole metadata (Cinder replaces it)
+        self.bs.update_backup.assert_called_once_with(
+            self.backup, metadata={
                 'osc_backup_tool': 'osc-backup',
-                'osc_backup_encryption_key_id': OLD_KEY}}},
-            microversion='3.43')
+                'osc_backup_encryption_key_id': OLD_KEY})
+        self.bs.put.assert_not_called()
         self.assertIn(OLD_KEY, self.err.getvalue())
+
+    def test_record_failure_is_only_a_warning(self):
+        self.bs.update_backup.side_effect = sdk_exc.HttpException('nope')
+        with mock.patch.object(volume_backup, 'supports', return_value=True):
+            key = volume_backup._record_key(
+                self.bs, self.backup, 'vol', self.reporter, True)
+        self.assertEqual(OLD_KEY, key)
+        self.assertIn('could not record the key ID', self.err.getvalue())
 
     def test_old_cloud(self):
         self.backup.encryption_key_id = None
@@ -117,7 +124,7 @@ class TestBackupKey(base.TestCase):
                 self.bs, self.backup, 'vol', self.reporter, True)
         self.assertIsNone(key)
         self.assertIn('3.64', self.err.getvalue())
-        self.bs.put.assert_not_called()
+        self.bs.update_backup.assert_not_called()
 
 
 class TestImageSetKey(base.TestCase):
@@ -146,9 +153,14 @@ class TestImageSetKey(base.TestCase):
         self.fake.km.get.assert_not_called()
         body = {secrets.IMAGE_KEY_ID: OLD_KEY}
         cleanup = Cleanup(self.reporter)
+        name = tags.Run(run_id='0123456789ab').key_name('db image')
         new = image_restore._restore_key(
-            self.conn, key, body, cleanup, self.reporter)
+            self.conn, key, body, cleanup, self.reporter, name=name)
         self.assertEqual(NEW_KEY, new)
+        # stored under the run's key name (what `backup cleanup` finds)
+        self.assertEqual(
+            'osc-backup-key-0123456789ab-of-db-image',
+            self.fake.km.post.call_args.kwargs['json']['name'])
         self.assertEqual(NEW_KEY, body[secrets.IMAGE_KEY_ID])
         self.assertEqual(secrets.ON_IMAGE_DELETION,
                          body[secrets.IMAGE_KEY_POLICY])

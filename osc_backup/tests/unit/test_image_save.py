@@ -19,6 +19,7 @@ from openstack import exceptions as sdk_exc
 
 from osc_backup.common import backup_set
 from osc_backup.common import errors
+from osc_backup.common import tags
 from osc_backup.common import transfer
 from osc_backup.procedures import image_restore
 from osc_backup.procedures import image_save
@@ -910,7 +911,7 @@ class TestRestore(DownloadTestCase):
             'PUT', f'{ENDPOINT}/images/{self.NEW_ID}/file', content=put)
         self.conn.image.get_image = mock.Mock(return_value='img')
         self.conn.image.delete_image = mock.Mock()
-        self.conn.image.update_image = mock.Mock()
+        self.conn.image.update_image = mock.Mock(side_effect=self._update)
         self.active = mock.Mock(
             id=self.NEW_ID, status='active', size=len(DATA),
             disk_format='raw', container_format='bare',
@@ -921,14 +922,24 @@ class TestRestore(DownloadTestCase):
             'osc_backup.common.waits.wait_for_status',
             return_value=self.active)).mock
 
+    def _update(self, image, **attrs):
+        for key, value in attrs.items():
+            setattr(self.active, key, value)
+        return self.active
+
     def test_restore(self):
         r = image_restore.restore_image(
             self.conn, self.saved.manifest, name='restored',
-            properties={'k': 'v'})
+            properties={'k': 'v'}, run=tags.Run(run_id='0123456789ab'))
         post = next(h for h in self.adapter.request_history
                 if h.method == 'POST')
         body = post.json()
-        self.assertEqual('restored', body['name'])
+        # uploaded under the run's temporary name, renamed once verified
+        self.assertEqual(
+            'osc-backup-tmp-0123456789ab-image-of-restored', body['name'])
+        self.conn.image.update_image.assert_called_once_with(
+            self.NEW_ID, name='restored')
+        self.assertEqual('restored', r.name)
         self.assertEqual('v', body['k'])
         self.assertEqual('osc-backup', body['osc_backup_tool'])
         for owned in ('id', 'status', 'checksum', 'os_hash_value', 'size',
@@ -940,7 +951,6 @@ class TestRestore(DownloadTestCase):
         self.assertEqual('sha512', r.verified)
         self.assertEqual(IMAGE_ID, r.source_image_id)
         self.conn.image.delete_image.assert_not_called()
-        self.conn.image.update_image.assert_not_called()
 
     def test_restore_from_data_file(self):
         r = image_restore.restore_image(self.conn, self.saved.file)
@@ -988,5 +998,5 @@ class TestRestore(DownloadTestCase):
         body = next(h for h in self.adapter.request_history
                 if h.method == 'POST').json()
         self.assertNotIn('protected', body)
-        self.conn.image.update_image.assert_called_once_with(
+        self.conn.image.update_image.assert_called_with(
             self.active, is_protected=True)

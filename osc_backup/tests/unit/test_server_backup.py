@@ -80,7 +80,7 @@ class ServerTestCase(base.TestCase):
         # the temporaries of the in-use volume path
         self.snap = fakes.snapshot(status='creating')
         self.tmp_vol = fakes.volume(status='creating', name='tmp')
-        self.bs.create_snapshot.return_value = self.snap
+        fakes.cinder_makes_snapshots(self.bs, self.snap)
         self.bs.create_volume.return_value = self.tmp_vol
         self.volumes[self.tmp_vol.id] = self.tmp_vol
         self.bs.get_snapshot.return_value = self.snap
@@ -98,6 +98,8 @@ class ServerTestCase(base.TestCase):
             self.vol_image.id: self.vol_image,
         }
         self.image_proxy.get_image.side_effect = lambda i: images[i]
+        # the root image's completion (record clean-up, final name)
+        self.image_proxy.patch.return_value = mock.Mock(status_code=200)
         self.image_proxy.wait_for_status.side_effect = (
             lambda res, **kw: self.root_active
             if res.id == self.root_image.id else res
@@ -115,6 +117,24 @@ class ServerTestCase(base.TestCase):
     def _bs_wait(self, res, status, **kwargs):
         res.status = status
         return res
+
+    def volume_record(self):
+        """The record the volume path wrote onto the volume's image."""
+        for call in reversed(self.image_proxy.patch.call_args_list):
+            if call.args[0] == f'/images/{self.vol_image.id}':
+                ops = json.loads(call.kwargs['data'])
+                return {
+                    op['path'][1:]: op['value'] for op in ops
+                    if op['op'] == 'add'
+                }
+        self.fail('no record was written onto the volume image')
+
+    def root_patch(self):
+        """The operations of the patch that completed the root image."""
+        for call in reversed(self.image_proxy.patch.call_args_list):
+            if call.args[0] == f'/images/{self.root_image.id}':
+                return json.loads(call.kwargs['data'])
+        self.fail('the root image was not patched')
 
     def attach(self, device, **attrs):
         vol = fakes.volume(**{'status': 'in-use', **attrs})
@@ -169,7 +189,7 @@ class TestPrepare(ServerTestCase):
         self.create_image.assert_not_called()
         self.bs.create_backup.assert_not_called()
         self.bs.upload_volume_to_image.assert_not_called()
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
 
     def test_image_booted_without_volumes(self):
         plan = self.prepare(server())
@@ -337,10 +357,14 @@ class TestBackupServer(ServerTestCase):
         self.assertEqual('crash-consistent', metadata[
             'osc_backup_consistency'
         ])
-        self.assertIn('web-backup-', name)
+        # named with the run tag until complete (backup cleanup finds it)
+        self.assertEqual('osc-backup-tmp-0123456789ab-root-of-web', name)
+        ops = self.root_patch()
+        final, = [op['value'] for op in ops if op['path'] == '/name']
+        self.assertRegex(final, r'^web-backup-')
         # the volume went through the volume procedure, with the record
-        self.bs.create_snapshot.assert_called_once()
-        props = self.image_proxy.update_image.call_args.kwargs
+        self.bs.post.assert_called_once()
+        props = self.volume_record()
         self.assertEqual(srv.id, props['osc_backup_server_id'])
         self.assertEqual('/dev/vdb', props['osc_backup_device'])
         self.assertEqual(vol.id, props['osc_backup_source_volume_id'])
@@ -374,7 +398,7 @@ class TestBackupServer(ServerTestCase):
             ['offline', 'offline'],
             [a['consistency'] for a in result['artifacts']],
         )
-        props = self.image_proxy.update_image.call_args.kwargs
+        props = self.volume_record()
         self.assertEqual('offline', props['osc_backup_consistency'])
         self.assertNotIn('crash-consistent', self.err.getvalue())
 
@@ -404,7 +428,7 @@ class TestBackupServer(ServerTestCase):
 
     def test_failed_volume_keeps_and_names_the_root_image(self):
         self.attach('/dev/vdb')
-        self.bs.create_snapshot.side_effect = sdk_exc.HttpException(
+        self.bs.post.side_effect = sdk_exc.HttpException(
             'over quota'
         )
         err = self.assertRaises(
@@ -424,7 +448,7 @@ class TestBackupServer(ServerTestCase):
             [(a['disk'], a['volume_id'], a['boot_index'])
              for a in result['artifacts']],
         )
-        props = self.image_proxy.update_image.call_args.kwargs
+        props = self.volume_record()
         self.assertEqual('0', props['osc_backup_boot_index'])
 
     def test_download_goes_through_the_download_path(self):
@@ -440,7 +464,7 @@ class TestBackupServer(ServerTestCase):
 
     def test_interrupt_names_what_is_kept(self):
         self.attach('/dev/vdb')
-        self.bs.create_snapshot.side_effect = errors.Interrupted('SIGINT')
+        self.bs.post.side_effect = errors.Interrupted('SIGINT')
         self.assertRaises(KeyboardInterrupt, self.run_backup, server())
         self.assertIn(self.root_image.id, self.err.getvalue())
         self.assertIn('kept (complete)', self.err.getvalue())
@@ -462,13 +486,29 @@ class TestBackupServer(ServerTestCase):
         self.assertEqual(
             [{'op': 'remove', 'path': '/osc_backup_source_volume_id'},
              {'op': 'remove', 'path': '/osc_backup_volume_size_gb'}],
-            ops,
+            [op for op in ops if op['path'] != '/name'],
         )
 
-    def test_no_inherited_record_no_patch(self):
+    def test_complete_root_gets_its_final_name(self):
         self.root_active.properties = {'hw_disk_bus': 'virtio'}
-        self.run_backup(server())
-        self.image_proxy.patch.assert_not_called()
+        self.image_proxy.patch.return_value = mock.Mock(status_code=200)
+        self.run_backup(server(), name='nightly')
+        (_session, name, _metadata), _ = self.create_image.call_args
+        self.assertEqual('osc-backup-tmp-0123456789ab-root-of-web', name)
+        ops = json.loads(self.image_proxy.patch.call_args.kwargs['data'])
+        self.assertEqual(
+            [{'op': 'replace', 'path': '/name', 'value': 'nightly'}], ops)
+
+    def test_failed_completion_still_renames_the_kept_image(self):
+        self.image_proxy.patch.return_value = mock.Mock(
+            status_code=503, text='Service Unavailable', headers={},
+        )
+        err = self.assertRaises(errors.BackupError, self.run_backup,
+                                server(), name='nightly')
+        self.image_proxy.update_image.assert_any_call(
+            self.root_image.id, name='nightly')
+        self.assertIn("It is named 'nightly'.", str(err))
+        self.image_proxy.delete_image.assert_not_called()
 
 
 class TestManifest(ServerTestCase):
@@ -610,7 +650,7 @@ class TestRootRecord(ServerTestCase):
         )
         self.image_proxy.delete_image.assert_not_called()
         # a failing disk ends the run, as for any disk
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
 
     def test_refused_clean_up_keeps_the_image(self):
         self.image_proxy.patch.return_value = mock.Mock(
@@ -648,5 +688,5 @@ class TestRootRecord(ServerTestCase):
             [{'op': 'replace',
               'path': '/cinder_encryption_key_deletion_policy',
               'value': 'do_not_delete'}],
-            ops,
+            [op for op in ops if op['path'] != '/name'],
         )

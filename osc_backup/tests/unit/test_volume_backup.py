@@ -28,6 +28,9 @@ def backup(**attrs):
     return sdk_fakes.generate_fake_resource(_backup.Backup, **defaults)
 
 
+NOW = '2026-01-02T03:04:50.000000'
+
+
 def service(**attrs):
     defaults = {
         'binary': 'cinder-backup',
@@ -35,6 +38,7 @@ def service(**attrs):
         'status': 'enabled',
         'state': 'up',
         'availability_zone': 'nova',
+        'updated_at': NOW,
     }
     defaults.update(attrs)
     return sdk_fakes.generate_fake_resource(_service.Service, **defaults)
@@ -378,10 +382,53 @@ class TestDetect(BackupTestCase):
     def test_services_api_up(self):
         self.bs.services.return_value = [service()]
         found = self.detect()
-        self.bs.services.assert_called_once_with(binary='cinder-backup')
+        self.bs.services.assert_called_once_with()
         self.assertEqual('backup', found.method)
         self.assertTrue(found.confirmed)
         self.assertIn('services API', found.reason)
+
+    def cloud(self, backup_reported):
+        """cinder-volume and cinder-scheduler reported at NOW; the backup
+        service at ``backup_reported`` (Cinder still says 'up')."""
+        self.bs.services.return_value = [
+            service(binary='cinder-scheduler'),
+            service(binary='cinder-volume', host='node1@file'),
+            service(host='node2', updated_at=backup_reported),
+        ]
+
+    def test_backup_service_that_stopped_reporting_is_down(self):
+        # crashed 45 s ago: Cinder calls it 'up' for 60 s, but its last
+        # report is already far behind the others'
+        self.cloud('2026-01-02T03:04:05.000000')
+        found = self.detect()
+        self.assertEqual('image', found.method)
+        self.assertIn('node2', found.reason)
+        self.assertIn('has not reported for 45 s', found.reason)
+
+    def test_backup_service_between_reports_is_up(self):
+        # a report or two late (report_interval 10 s): still alive
+        self.cloud('2026-01-02T03:04:32.000000')
+        self.assertEqual('backup', self.detect().method)
+
+    def test_threshold_is_about_three_report_intervals(self):
+        self.cloud('2026-01-02T03:04:25.000000')  # 25 s behind
+        self.assertEqual('backup', self.detect().method)
+        self.cloud('2026-01-02T03:04:15.000000')  # 35 s behind
+        self.assertEqual('image', self.detect().method)
+
+    def test_clock_of_the_client_does_not_matter(self):
+        # every report is years old by the local clock (a client clock far
+        # ahead of the cloud's): only the reports' distance counts
+        old = '2001-01-02T03:04:50.000000'
+        self.bs.services.return_value = [
+            service(binary='cinder-volume', updated_at=old),
+            service(updated_at='2001-01-02T03:04:45.000000'),
+        ]
+        self.assertEqual('backup', self.detect().method)
+
+    def test_unparsable_report_time_trusts_the_state(self):
+        self.cloud('yesterday')
+        self.assertEqual('backup', self.detect().method)
 
     def test_services_api_down_or_disabled(self):
         self.bs.services.return_value = [

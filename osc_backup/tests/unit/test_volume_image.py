@@ -23,26 +23,24 @@ class ProcedureTestCase(base.TestCase):
         self.err = io.StringIO()
         self.reporter = Reporter(stream=self.err, progress=False)
         self.run_ctx = tags.Run(run_id='0123456789ab')
-        self.useFixture_patch(
-            'osc_backup.common.microversion.snapshot_microversion',
-            return_value=self.microversion,
-        )
         self.snap = fakes.snapshot(status='creating')
+        fakes.cinder_makes_snapshots(self.bs, self.snap, self.microversion)
         self.tmp_vol = fakes.volume(status='creating', name='tmp')
-        self.image = fakes.image(status='queued', name='img')
-        self.active = fakes.image(
-            id=self.image.id, status='active', name='img'
+        # the image Cinder makes: queued under the name it was given; the
+        # waits below make it active
+        self.image = fakes.image(
+            status='queued', name='osc-backup-tmp-0123456789ab-image-of-v',
+            properties={},
         )
-        self.bs.create_snapshot.return_value = self.snap
+        self.active = self.image
+        self.glance = fakes.FakeGlance(self.image_proxy, self.image)
         self.bs.create_volume.return_value = self.tmp_vol
         self.bs.upload_volume_to_image.return_value = {
             'image_id': self.image.id,
             'status': 'uploading',
         }
-        self.image_proxy.get_image.return_value = self.image
-        self.image_proxy.update_image.return_value = self.active
         self.bs.wait_for_status.side_effect = self._bs_wait
-        self.image_proxy.wait_for_status.return_value = self.active
+        self.image_proxy.wait_for_status.side_effect = self._bs_wait
         # Lookups return the objects the fake cloud made (so waits see
         # them); anything else is found 'available'.
         self.known = {self.snap.id: self.snap, self.tmp_vol.id: self.tmp_vol}
@@ -80,11 +78,12 @@ class TestAvailableVolume(ProcedureTestCase):
     def test_upload_directly(self):
         vol = fakes.volume(status='available', name='db', size=2)
         result = self.run_backup(vol, name='b1')
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
         self.bs.create_volume.assert_not_called()
+        # uploaded under the run's temporary name, renamed with the record
         self.bs.upload_volume_to_image.assert_called_once_with(
-            vol, 'b1', force=False, disk_format='raw',
-            container_format='bare',
+            vol, 'osc-backup-tmp-0123456789ab-image-of-db', force=False,
+            disk_format='raw', container_format='bare',
         )
         self.image_proxy.wait_for_status.assert_called_once_with(
             self.image, status='active',
@@ -97,8 +96,11 @@ class TestAvailableVolume(ProcedureTestCase):
         self.assertEqual('available', waited.kwargs['status'])
         self.assertEqual('offline', result['consistency'])
         self.assertEqual('image', result['method'])
+        self.assertEqual('requested with --via-image', result['method_reason'])
         self.assertEqual(self.image.id, result['image_id'])
         self.assertEqual('active', result['status'])
+        self.assertEqual('b1', result['name'])
+        self.assertEqual('b1', self.image.name)
         self.assertEqual(vol.id, result['source_volume_id'])
         self.assertEqual('db', result['source_volume_name'])
         self.assertEqual('0123456789ab', result['run_id'])
@@ -113,7 +115,7 @@ class TestAvailableVolume(ProcedureTestCase):
         self.run_backup(
             vol, description='nightly', properties={'team': 'ops'}
         )
-        props = self.image_proxy.update_image.call_args.kwargs
+        props = self.image.properties
         self.assertEqual(vol.id, props['osc_backup_source_volume_id'])
         self.assertEqual('db', props['osc_backup_source_volume_name'])
         self.assertEqual('fast', props['osc_backup_volume_type'])
@@ -126,36 +128,160 @@ class TestAvailableVolume(ProcedureTestCase):
         self.assertIn('osc_backup_created_at', props)
         self.assertEqual('ops', props['team'])
         self.assertEqual('nightly', props['description'])
+        # one patch: record and final name together
+        self.assertEqual(1, len(self.glance.patches))
+
+    def test_inherited_record_is_replaced_not_merged(self):
+        # The volume was restored from an older backup image: Cinder copied
+        # that image's record into the new image on upload.
+        old = {
+            'osc_backup_tool': 'osc-backup',
+            'osc_backup_run_id': 'aaaaaaaaaaaa',
+            'osc_backup_source_volume_id': 'old-source',
+            'osc_backup_volume_size_gb': '9',
+            'osc_backup_server_id': 'old-server',
+            'osc_backup_device': '/dev/vdb',
+            'osc_backup_encryption_key_id': 'old-key',
+            'hw_disk_bus': 'scsi',
+        }
+        self.image.properties = dict(old)
+        vol = fakes.volume(
+            status='available', name='db', size=1,
+            volume_image_metadata=dict(old),
+        )
+        self.run_backup(vol)
+        props = self.image.properties
+        self.assertEqual(vol.id, props['osc_backup_source_volume_id'])
+        self.assertEqual('1', props['osc_backup_volume_size_gb'])
+        self.assertEqual('0123456789ab', props['osc_backup_run_id'])
+        for stale in ('osc_backup_server_id', 'osc_backup_device',
+                      'osc_backup_encryption_key_id'):
+            self.assertNotIn(stale, props)
+        # not ours: kept
+        self.assertEqual('scsi', props['hw_disk_bus'])
+
+    def test_record_failure_keeps_the_image(self):
+        vol = fakes.volume(status='available', name='db')
+        self.image_proxy.patch.side_effect = lambda *a, **k: (
+            fakes.response(413, {'message': 'Attribute quota exceeded'})
+        )
+        exc = self.assertRaises(
+            volume_image.RecordNotWritten, self.run_backup, vol, name='b1'
+        )
+        self.assertEqual(self.image.id, exc.image_id)
+        text = str(exc)
+        self.assertIn(f'backup image {self.image.id}', text)
+        self.assertIn('complete and kept', text)
+        self.assertIn('could not be written', text)
+        self.image_proxy.delete_image.assert_not_called()
+        # renamed at least, so that `backup cleanup` leaves it alone
+        self.assertEqual('b1', self.image.name)
+        self.assertIn("It is named 'b1'", text)
+
+    def test_record_and_rename_failure_says_how_to_keep_it(self):
+        vol = fakes.volume(status='available', name='db')
+        self.image_proxy.patch.side_effect = sdk_exc.HttpException(
+            'Glance is down'
+        )
+        self.image_proxy.update_image.side_effect = sdk_exc.HttpException(
+            'Glance is down'
+        )
+        exc = self.assertRaises(
+            volume_image.RecordNotWritten, self.run_backup, vol,
+            name="it's mine",
+        )
+        self.image_proxy.delete_image.assert_not_called()
+        self.assertIn('openstack backup cleanup', str(exc))
+        self.assertIn(
+            f"openstack image set --name 'it'\"'\"'s mine' {self.image.id}",
+            str(exc),
+        )
+
+    def test_record_failure_in_use_still_removes_temporaries(self):
+        self.image_proxy.patch.side_effect = lambda *a, **k: (
+            fakes.response(403, {'message': 'forbidden'})
+        )
+        self.assertRaises(
+            volume_image.RecordNotWritten, self.run_backup,
+            fakes.volume(status='in-use'),
+        )
+        self.assertEqual([self.tmp_vol.id], self.deleted_volumes())
+        self.assertEqual([self.snap.id], self.deleted_snapshots())
+        self.image_proxy.delete_image.assert_not_called()
 
     def test_default_name_from_volume_and_time(self):
         vol = fakes.volume(status='available', name='db data')
-        self.run_backup(vol)
-        name = self.bs.upload_volume_to_image.call_args.args[1]
-        self.assertRegex(name, r'^db-data-backup-\d{8}T\d{6}Z-012345$')
+        result = self.run_backup(vol)
+        self.assertRegex(
+            result['name'], r'^db-data-backup-\d{8}T\d{6}Z-012345$'
+        )
+        self.assertEqual(result['name'], self.image.name)
 
     def test_no_wait(self):
-        vol = fakes.volume(status='available')
-        result = self.run_backup(vol, wait=False)
+        vol = fakes.volume(status='available', name='db')
+        result = self.run_backup(vol, wait=False, name='b1')
         self.image_proxy.wait_for_status.assert_not_called()
         self.bs.wait_for_status.assert_not_called()
         self.assertEqual('queued', result['status'])
-        # no property update may race with the upload
+        # no property update may race with the upload; no rename either,
+        # so the final name from the start
+        self.assertEqual([], self.glance.patches)
         self.image_proxy.update_image.assert_not_called()
+        self.assertEqual('b1', self.bs.upload_volume_to_image.call_args.args[1])
         self.assertIn('--no-wait', self.err.getvalue())
+
+    def test_no_wait_refused_for_a_volume_with_an_inherited_record(self):
+        vol = fakes.volume(
+            status='available',
+            volume_image_metadata={'osc_backup_run_id': 'aaaaaaaaaaaa'},
+        )
+        exc = self.assertRaises(
+            errors.InvalidInput, self.run_backup, vol, wait=False
+        )
+        self.assertIn('osc_backup_run_id', str(exc))
+        self.bs.upload_volume_to_image.assert_not_called()
 
     def test_record_written_only_after_active(self):
         events = []
-        self.image_proxy.wait_for_status.side_effect = (
-            lambda *a, **k: events.append('active') or self.active
-        )
-        self.image_proxy.update_image.side_effect = (
-            lambda *a, **k: events.append('record') or self.active
-        )
+
+        def active(res, status, **kwargs):
+            events.append('active')
+            res.status = status
+            return res
+
+        def patch(*args, **kwargs):
+            events.append('record')
+            return self.glance.patch(*args, **kwargs)
+
+        self.image_proxy.wait_for_status.side_effect = active
+        self.image_proxy.patch.side_effect = patch
         self.run_backup(fakes.volume(status='available'))
         self.assertEqual(['active', 'record'], events)
         self.assertEqual(
-            self.active.id, self.image_proxy.update_image.call_args.args[0]
+            f'/images/{self.image.id}',
+            self.image_proxy.patch.call_args.args[0],
         )
+
+    def test_source_released_after_it_was_seen_uploading(self):
+        # The image is active, but the volume stays 'uploading' until the
+        # deadline: the run fails, and its cleanup waits for the source to
+        # be 'available' again (the object in hand says 'uploading' by now)
+        vol = fakes.volume(status='available')
+        statuses = []
+
+        def wait(res, status, **kwargs):
+            statuses.append(status)
+            if res is vol and len(statuses) == 1:
+                raise sdk_exc.ResourceTimeout('slow')
+            res.status = status
+            return res
+
+        self.bs.wait_for_status.side_effect = wait
+        self.bs.get_volume.side_effect = lambda vid: fakes.volume(
+            id=vid, status='uploading'
+        )
+        self.assertRaises(errors.WaitTimeout, self.run_backup, vol)
+        self.assertEqual(['available', 'available'], statuses)
 
     def test_image_killed_deletes_image_and_waits_for_source(self):
         vol = fakes.volume(status='available')
@@ -184,7 +310,8 @@ class TestInUseVolume(ProcedureTestCase):
     def test_snapshot_temporary_volume_upload_cleanup(self):
         vol = fakes.volume(status='in-use', name='db', size=4)
         result = self.run_backup(vol, name='b2')
-        snap_attrs = self.bs.create_snapshot.call_args.kwargs
+        snap_attrs, version = fakes.sent_snapshot(self.bs)
+        self.assertEqual('3.65', version)
         self.assertEqual(vol.id, snap_attrs['volume_id'])
         self.assertTrue(snap_attrs['force'])
         self.assertEqual('true', snap_attrs['metadata']['osc_backup_temporary'])
@@ -206,7 +333,7 @@ class TestInUseVolume(ProcedureTestCase):
         self.assertEqual('crash-consistent', result['consistency'])
         self.assertIn('crash-consistent', self.err.getvalue())
         self.assertIn('WARNING', self.err.getvalue())
-        props = self.image_proxy.update_image.call_args.kwargs
+        props = self.image.properties
         self.assertEqual(vol.id, props['osc_backup_source_volume_id'])
         self.assertEqual(
             'crash-consistent', props['osc_backup_consistency']
@@ -223,7 +350,7 @@ class TestInUseVolume(ProcedureTestCase):
 
     def test_snapshot_error_cleans_snapshot(self):
         def wait(res, status, **kw):
-            if res is self.snap:
+            if res.id == self.snap.id:
                 raise sdk_exc.ResourceFailure('error')
             res.status = status
             return res
@@ -366,7 +493,7 @@ class TestInUseVolume(ProcedureTestCase):
             fakes.volume(status='in-use'), wait=False,
         )
         self.assertIn('--no-wait', str(exc))
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
 
 
 class TestInUseVolumeNewMicroversion(ProcedureTestCase):
@@ -374,7 +501,9 @@ class TestInUseVolumeNewMicroversion(ProcedureTestCase):
 
     def test_no_force_from_3_66(self):
         self.run_backup(fakes.volume(status='in-use'))
-        self.assertNotIn('force', self.bs.create_snapshot.call_args.kwargs)
+        body, version = fakes.sent_snapshot(self.bs)
+        self.assertEqual('3.66', version)
+        self.assertNotIn('force', body)
 
 
 class TestPreflight(ProcedureTestCase):
@@ -384,7 +513,7 @@ class TestPreflight(ProcedureTestCase):
             vol = fakes.volume(status=status, name='v')
             exc = self.assertRaises(errors.InvalidInput, self.run_backup, vol)
             self.assertIn(f"'{status}'", str(exc))
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
         self.bs.upload_volume_to_image.assert_not_called()
 
     def test_encrypted_needs_raw_bare(self):
@@ -415,7 +544,7 @@ class TestPreflight(ProcedureTestCase):
         self.assertEqual('crash-consistent', plan['consistency'])
         self.assertIn('force=true', plan['steps'][0])
         self.assertIn('3.65', plan['steps'][0])
-        self.bs.create_snapshot.assert_not_called()
+        self.bs.post.assert_not_called()
         self.bs.create_volume.assert_not_called()
         self.bs.upload_volume_to_image.assert_not_called()
 

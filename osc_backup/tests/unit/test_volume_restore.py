@@ -44,6 +44,7 @@ class RestoreTestCase(base.TestCase):
             is_bootable=False, availability_zone='nova',
         )
         self.bs.create_volume.return_value = self.new
+        self.bs.update_volume.side_effect = self._update
         self.bs.wait_for_status.side_effect = self._wait
         self.bs.get_volume.side_effect = lambda vid: self.new
         self.bs.get_backup.side_effect = lambda bid: self.backup
@@ -54,6 +55,11 @@ class RestoreTestCase(base.TestCase):
     def _wait(self, res, status, **kwargs):
         res.status = status
         return res
+
+    def _update(self, vol, **attrs):
+        for key, value in attrs.items():
+            setattr(vol, key, value)
+        return vol
 
     def source(self, kind='backup'):
         res = self.backup if kind == 'backup' else self.image
@@ -120,10 +126,24 @@ class TestRestoreBackup(RestoreTestCase):
         self.assertEqual(2, attrs['size'])
         self.assertEqual('luks', attrs['volume_type'])
         self.assertEqual('nova', attrs['availability_zone'])
-        self.assertTrue(attrs['name'].startswith('db-restore-'))
+        # created under the run's temporary name, marked temporary ...
+        self.assertTrue(attrs['name'].startswith(
+            'osc-backup-tmp-0123456789ab-restore-of-db-restore-'
+        ), attrs['name'])
+        self.assertEqual('true', attrs['metadata']['osc_backup_temporary'])
         self.assertEqual(
             f'backup:{self.backup.id}',
             attrs['metadata']['osc_backup_restored_from'],
+        )
+        # ... and given its final name and metadata once restored
+        self.assertTrue(result['name'].startswith('db-restore-'))
+        self.bs.set_volume_metadata.assert_called_once_with(
+            self.new.id, osc_backup_tool='osc-backup',
+            osc_backup_run_id='0123456789ab',
+            osc_backup_restored_from=f'backup:{self.backup.id}',
+        )
+        self.bs.delete_volume_metadata.assert_called_once_with(
+            self.new.id, keys=['osc_backup_temporary']
         )
         self.assertNotIn('image_id', attrs)
         self.bs.find_type.assert_called_once_with(
@@ -151,19 +171,22 @@ class TestRestoreBackup(RestoreTestCase):
         )
 
     def test_type_name_and_description_given(self):
-        self.restore(volume_type='file', name='n', description='d')
+        result = self.restore(volume_type='file', name='n', description='d')
         attrs = self.bs.create_volume.call_args.kwargs
         self.assertEqual('file', attrs['volume_type'])
-        self.assertEqual('n', attrs['name'])
+        self.assertEqual(
+            'osc-backup-tmp-0123456789ab-restore-of-n', attrs['name']
+        )
+        self.assertEqual('n', result['name'])
         self.assertEqual('d', attrs['description'])
 
     def test_no_record_default_type(self):
         self.backup.metadata = {}
         self.backup.name = 'plain'
-        self.restore()
+        result = self.restore()
         attrs = self.bs.create_volume.call_args.kwargs
         self.assertNotIn('volume_type', attrs)
-        self.assertTrue(attrs['name'].startswith('plain-restore-'))
+        self.assertTrue(result['name'].startswith('plain-restore-'))
         self.bs.set_volume_bootable_status.assert_not_called()
 
     def test_unknown_recorded_type(self):
@@ -216,10 +239,36 @@ class TestRestoreBackup(RestoreTestCase):
         self.bs.delete_volume.assert_called_once()
 
     def test_no_wait(self):
-        self.restore(wait=False)
+        result = self.restore(wait=False)
         # the target volume must exist before the restore call
         self.assertEqual(1, self.bs.wait_for_status.call_count)
         self.bs.restore_backup.assert_called_once()
+        # in Cinder's hands now: final name, no temporary mark
+        self.assertTrue(result['name'].startswith('db-restore-'))
+        self.bs.delete_volume_metadata.assert_called_once_with(
+            self.new.id, keys=['osc_backup_temporary']
+        )
+
+    def test_no_wait_does_not_set_bootable_while_restoring(self):
+        # recorded bootable, the new volume is not (yet): setting the flag
+        # now would race with the restore; the note says how to set it
+        result = self.restore(wait=False)
+        self.bs.set_volume_bootable_status.assert_not_called()
+        self.assertIn(
+            f'openstack volume set --bootable {self.new.id}',
+            self.err.getvalue(),
+        )
+        self.assertIs(False, result['bootable'])
+
+    def test_metadata_already_replaced_by_cinder(self):
+        # Cinder's restore replaced the volume's metadata (with that of
+        # the backed-up volume): the temporary mark is gone already
+        self.bs.delete_volume_metadata.side_effect = (
+            sdk_exc.NotFoundException('no such key')
+        )
+        result = self.restore()
+        self.assertEqual('available', result['status'])
+        self.bs.set_volume_metadata.assert_called_once()
 
 
 class TestRestoreOntoExisting(RestoreTestCase):
@@ -330,6 +379,19 @@ class TestRestoreImage(RestoreTestCase):
         )
         self.assertEqual('image', result['source_kind'])
         self.assertIn('from the image', result['restore_method'])
+
+    def test_no_wait_returns_at_once(self):
+        self.image.properties['osc_backup_bootable'] = 'false'
+        result = self.restore(self.source('image'), wait=False)
+        self.bs.wait_for_status.assert_not_called()
+        self.assertEqual('creating', result['status'])
+        self.bs.set_volume_bootable_status.assert_not_called()
+        # Cinder marks a volume from an image bootable: say how to undo
+        self.assertIn(
+            f'openstack volume set --non-bootable {self.new.id}',
+            self.err.getvalue(),
+        )
+        self.assertTrue(result['name'].startswith('db-restore-'))
 
     def test_size_from_image_bytes_when_not_recorded(self):
         del self.image.properties['osc_backup_volume_size_gb']

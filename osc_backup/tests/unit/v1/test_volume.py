@@ -17,8 +17,7 @@ class TestCreateVolumeBackupViaImage(base.TestCommand):
         self.block_storage.upload_volume_to_image.return_value = {
             'image_id': self.image.id
         }
-        self.image_client.get_image.return_value = self.image
-        self.image_client.update_image.return_value = self.image
+        self.glance = fakes.FakeGlance(self.image_client, self.image)
         self.image_client.wait_for_status.return_value = self.image
         self.block_storage.wait_for_status.return_value = self.vol
         self.cmd = volume_cmd.CreateVolumeBackup(self.app, None)
@@ -61,7 +60,8 @@ class TestCreateVolumeBackupViaImage(base.TestCommand):
 
     def test_parser_rejects(self):
         for args in (
-            ['db', '--wait', '--no-wait'],
+            # waiting is the default: there is no --wait that does nothing
+            ['db', '--wait'],
             ['db', '--timeout', '0'],
             ['db', '--timeout', 'soon'],
             ['db', '--disk-format', 'iso'],
@@ -79,7 +79,10 @@ class TestCreateVolumeBackupViaImage(base.TestCommand):
         self.assertEqual(volume_cmd.IMAGE_COLUMNS, columns)
         result = dict(zip(columns, data))
         self.assertEqual(self.image.id, result['image_id'])
+        self.assertEqual('b', result['name'])
         self.assertEqual('image', result['method'])
+        # explicit --via-image says so, like --via-backup does
+        self.assertEqual('requested with --via-image', result['method_reason'])
         self.assertEqual('offline', result['consistency'])
         self.assertEqual(self.vol.id, result['source_volume_id'])
         self.block_storage.find_volume.assert_called_once_with(
@@ -127,8 +130,9 @@ class TestCreateVolumeBackupViaImage(base.TestCommand):
         columns, data = self.cmd.take_action(parsed)
         result = dict(zip(columns, data))
         self.assertTrue(result['dry_run'])
+        self.assertEqual('requested with --via-image', result['method_reason'])
         self.assertEqual('crash-consistent', result['consistency'])
-        self.block_storage.create_snapshot.assert_not_called()
+        self.block_storage.post.assert_not_called()
         self.block_storage.upload_volume_to_image.assert_not_called()
 
     def test_progress_only_on_tty(self):
@@ -166,8 +170,7 @@ class TestCreateVolumeBackupViaBackup(base.TestCommand):
         self.block_storage.upload_volume_to_image.return_value = {
             'image_id': self.image.id
         }
-        self.image_client.get_image.return_value = self.image
-        self.image_client.update_image.return_value = self.image
+        self.glance = fakes.FakeGlance(self.image_client, self.image)
         self.image_client.wait_for_status.return_value = self.image
         self.cmd = volume_cmd.CreateVolumeBackup(self.app, None)
 
@@ -247,9 +250,7 @@ class TestCreateVolumeBackupViaBackup(base.TestCommand):
     def test_auto_takes_image_without_service(self):
         self.block_storage.services.return_value = []
         result, columns = self.run_cmd(['db'])
-        self.assertEqual(
-            (*volume_cmd.IMAGE_COLUMNS, 'method_reason'), columns
-        )
+        self.assertEqual(volume_cmd.IMAGE_COLUMNS, columns)
         self.assertEqual('image', result['method'])
         self.assertIn('no cinder-backup service', result['method_reason'])
         self.block_storage.create_backup.assert_not_called()
@@ -313,8 +314,8 @@ class TestCreateVolumeBackupViaBackup(base.TestCommand):
 
     def test_dry_run_backup(self):
         result, columns = self.run_cmd(['db', '--via-backup', '--dry-run'])
-        self.assertEqual((*volume_cmd.DRY_RUN_COLUMNS, 'method_reason'),
-                         columns)
+        self.assertEqual(volume_cmd.DRY_RUN_COLUMNS, columns)
+        self.assertEqual('requested with --via-backup', result['method_reason'])
         self.assertTrue(result['dry_run'])
         self.assertEqual('backup', result['method'])
         self.block_storage.create_backup.assert_not_called()
@@ -362,6 +363,10 @@ class TestRestoreVolume(base.TestCommand):
         self.block_storage.find_type.return_value = mock.Mock()
         self.new = fakes.volume(status='creating', name='r')
         self.block_storage.create_volume.return_value = self.new
+        self.block_storage.update_volume.side_effect = (
+            lambda vol, **attrs: [setattr(vol, k, v) for k, v in
+                                  attrs.items()] and vol
+        )
         self.block_storage.get_volume.return_value = self.new
         self.block_storage.get_backup.return_value = self.backup
         self.block_storage.wait_for_status.side_effect = (
@@ -395,6 +400,7 @@ class TestRestoreVolume(base.TestCommand):
         self.assertEqual(volume_cmd.RESTORE_COLUMNS, columns)
         result = dict(zip(columns, data))
         self.assertEqual(self.new.id, result['volume_id'])
+        self.assertEqual('r', result['name'])
         self.block_storage.restore_backup.assert_called_once_with(
             self.backup, volume=self.new.id
         )
