@@ -169,8 +169,7 @@ def restore_image(
             ' the file is incomplete or not the one that was saved.'
         )
     image_rec = manifest.get('image') or {}
-    algo = image_rec.get('os_hash_algo')
-    want_sha256 = manifest['data']['sha256']
+    algo, want = backup_set.data_hash(manifest)
     body = create_body(
         manifest, name=name, properties=properties, reporter=reporter
     )
@@ -189,30 +188,22 @@ def restore_image(
             errors.check_response(resp, 'Creating the image', (201,))
             image_id: str = resp.json()['id']
             cleanup.remove_image_on_failure(conn.image, image_id)
-        sha256 = hashlib.sha256()
-        hashers: list[Any] = [sha256]
-        local_algo: Any = None
-        if algo and algo != 'sha256':
-            try:
-                local_algo = hashlib.new(algo)
-                hashers.append(local_algo)
-            except ValueError:
-                local_algo = None
+        local = hashlib.new(algo)
         reporter.step(f'Uploading {data} ({have_size} bytes) to {image_id}')
         resp = conn.image.put(
             f'/images/{image_id}/file',
-            data=_chunks(data, hashers),
+            data=_chunks(data, [local]),
             headers={'Content-Type': 'application/octet-stream'},
             timeout=(30, max(60.0, deadline.remaining())),
         )
         errors.check_response(
             resp, f'Uploading the data of image {image_id}', (204,)
         )
-        if sha256.hexdigest() != want_sha256:
+        if local.hexdigest() != want:
             raise errors.BackupError(
-                f"'{data}' does not match its manifest: sha256 "
-                f'{sha256.hexdigest()}, expected {want_sha256}. The file '
-                'is damaged; the uploaded image is deleted.'
+                f"'{data}' does not match its manifest: {algo} "
+                f'{local.hexdigest()}, expected {want}. The file is '
+                'damaged; the uploaded image is deleted.'
             )
         reporter.step(f'Waiting for image {image_id} to become active')
         image = waits.wait_for_status(
@@ -224,7 +215,7 @@ def restore_image(
             timeout=deadline,
             interval=interval,
         )
-        verified = _verify_glance(image, manifest, local_algo)
+        verified = _verify_glance(image, manifest)
         if image_rec.get('protected'):
             image = conn.image.update_image(image, is_protected=True)
         cleanup.outcome = f'image {image_id} is active'
@@ -335,9 +326,7 @@ def _restore_key(
     return new_id
 
 
-def _verify_glance(
-    image: Any, manifest: Mapping[str, Any], local_algo: Any
-) -> str:
+def _verify_glance(image: Any, manifest: Mapping[str, Any]) -> str:
     """Compare what Glance computed with the manifest; return what was
     compared (e.g. ``sha512``); raise on a mismatch."""
     rec = manifest.get('image') or {}
@@ -347,21 +336,14 @@ def _verify_glance(
             f'Glance stored {image.size} bytes for image {image.id}, the '
             f'backup set has {want_size}; the image is deleted.'
         )
+    algo, value = backup_set.data_hash(manifest)
     pairs: list[tuple[str, str | None, str | None]] = []
-    if image.hash_algo and image.hash_algo == rec.get('os_hash_algo'):
+    if image.hash_algo and image.hash_algo == algo:
+        pairs.append((algo, image.hash_value, value))
+    elif image.hash_algo and image.hash_algo == rec.get('os_hash_algo'):
         pairs.append((image.hash_algo, image.hash_value, rec['os_hash_value']))
     if image.checksum and rec.get('checksum'):
         pairs.append(('md5', image.checksum, rec['checksum']))
-    if image.hash_algo == 'sha256':
-        pairs.append(('sha256', image.hash_value, manifest['data']['sha256']))
-    if (
-        local_algo is not None
-        and image.hash_algo == getattr(local_algo, 'name', None)
-        and not pairs
-    ):
-        pairs.append(
-            (image.hash_algo, image.hash_value, local_algo.hexdigest())
-        )
     if not pairs:
         raise errors.BackupError(
             f'Cannot check image {image.id}: Glance reports '

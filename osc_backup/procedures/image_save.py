@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -62,6 +61,7 @@ PART_SUFFIX = '.part'
 STATE_SUFFIX = '.part.json'
 INVALID_SUFFIX = '.unverified'
 
+
 @dataclass
 class SavedImage:
     """The result of :func:`save_image`."""
@@ -72,9 +72,11 @@ class SavedImage:
     manifest: str
     checksum_file: str
     size: int
-    hash_algo: str | None
-    hash_value: str | None
-    sha256: str
+    #: the data's one hash (the checksum file's): Glance's
+    hash_algo: str
+    hash_value: str
+    #: False only for an image without any hash (``allow_unverified``)
+    verified: bool
     #: bytes already on disk from an earlier run (0: a fresh download)
     resumed_from: int
     #: transient errors retried in this run
@@ -88,25 +90,24 @@ class SavedImage:
     def files(self) -> list[str]:
         return [self.file, self.manifest, self.checksum_file]
 
+
 # -- naming and state ------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    return re.sub(r'[^A-Za-z0-9_.-]+', '-', text).strip('-.')[:80] or 'image'
 
 
 def default_filename(record: Mapping[str, Any]) -> str:
     """``<name>-<first 8 of ID>.<disk format>`` (container format when not
-    bare)."""
-    image_id = str(record['id'])
-    name = record.get('name') or image_id
+    bare), every part reduced to a safe name (no ``/``, ``..``, leading
+    dot or control character, whatever the server returned)."""
+    image_id = backup_set.safe_name(record.get('id'), 'image')
+    name = backup_set.safe_name(record.get('name') or image_id, 'image')
     container = record.get('container_format')
     ext = (
         record.get('disk_format') or 'img'
         if container in (None, 'bare')
         else container
     )
-    return f'{_slug(str(name))}-{image_id[:8]}.{ext}'
+    safe_ext = backup_set.safe_name(ext, 'img', limit=16)
+    return f'{name}-{image_id[:8].strip(".-")}.{safe_ext}'
 
 
 def _part_paths(final: str) -> tuple[str, str]:
@@ -128,34 +129,49 @@ def _state(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _read_state(path: str) -> dict[str, Any] | None:
+    fd = None
     try:
-        with open(path, encoding='utf-8') as f:
+        fd = backup_set.open_existing(path)
+        if fd is None:
+            return None
+        with os.fdopen(fd, encoding='utf-8') as f:
+            fd = None
             value = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, errors.InvalidInput):
         return None
+    finally:
+        if fd is not None:
+            os.close(fd)
     return value if isinstance(value, dict) else None
+
+
+_HEX = re.compile(r'[0-9a-fA-F]{8,256}')
 
 
 def expected_hash(
     record: Mapping[str, Any], *, allow_unverified: bool = False
 ) -> transfer.Expected:
-    """Which hash to verify: os_hash_algo/os_hash_value, else md5."""
+    """Which hash to verify: os_hash_algo/os_hash_value, else md5 (an
+    algorithm this Python lacks, or a value that is not hex, counts as
+    none)."""
     size = record.get('size')
-    algo = record.get('os_hash_algo')
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        size = None
+    raw_algo = record.get('os_hash_algo')
+    algo = backup_set.hash_algorithm(raw_algo)
     value = record.get('os_hash_value')
-    if algo and value:
-        try:
-            hashlib.new(algo)
-            return transfer.Expected(algo, value, size)
-        except ValueError:
-            LOG.debug('hash algorithm %s not available here', algo)
-    if record.get('checksum'):
-        return transfer.Expected('md5', record['checksum'], size)
+    if algo and isinstance(value, str) and _HEX.fullmatch(value):
+        return transfer.Expected(algo, value.lower(), size)
+    if raw_algo:
+        LOG.debug('hash algorithm %r not usable here', raw_algo)
+    checksum = record.get('checksum')
+    if isinstance(checksum, str) and _HEX.fullmatch(checksum):
+        return transfer.Expected('md5', checksum.lower(), size)
     if allow_unverified:
         return transfer.Expected(None, None, size)
     raise errors.InvalidInput(
         f"Image {record.get('id')} has no hash this tool can verify "
-        f'(os_hash_algo={algo!r}, no md5 checksum); pass '
+        f'(os_hash_algo={raw_algo!r}, no md5 checksum); pass '
         '--allow-unverified to download it anyway.'
     )
 
@@ -234,7 +250,7 @@ def _resolve_target(
         as_file = not os.path.isdir(path)
     if not as_file:
         try:
-            os.makedirs(path, exist_ok=True)
+            backup_set.make_dirs(path)
         except OSError as exc:
             raise errors.InvalidInput(
                 f"Cannot create directory '{path}': {exc.strerror}."
@@ -247,7 +263,6 @@ def _resolve_target(
     if not os.access(directory, os.W_OK | os.X_OK):
         raise errors.InvalidInput(f"Directory '{directory}' is not writable.")
     return path
-
 
 
 def save_image(
@@ -298,12 +313,13 @@ def save_image(
             'images can be saved.'
         )
     expected = expected_hash(record, allow_unverified=allow_unverified)
+    algo = expected.algorithm or backup_set.DEFAULT_ALGO
     final = _resolve_target(target, as_file, record)
     directory = os.path.dirname(final)
     set_files = [
         final,
         backup_set.manifest_path(final),
-        backup_set.checksum_path(final),
+        *backup_set.checksum_candidates(final),
     ]
     if not overwrite:
         existing = [p for p in set_files if os.path.lexists(p)]
@@ -314,8 +330,12 @@ def save_image(
             )
     part, state_path = _part_paths(final)
 
-    # open (or create) the partial file and lock it against a second run
-    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    # open (or create) the partial file and lock it against a second run;
+    # a symlink there is refused, never followed
+    state = _state(record)
+    fd = backup_set.open_existing(part)
+    if fd is None:
+        fd = backup_set.create_fresh(part)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -324,7 +344,6 @@ def save_image(
                 f"Another download is writing '{part}'."
             ) from None
         offset = 0
-        state = _state(record)
         if resume and _read_state(state_path) == state:
             offset = os.fstat(fd).st_size
             if expected.size is not None and offset > expected.size:
@@ -342,7 +361,7 @@ def save_image(
         if offset == 0:
             os.ftruncate(fd, 0)
             backup_set.write_atomic(
-                state_path, json.dumps(state).encode()
+                state_path, json.dumps(state).encode(), overwrite=True
             )
         got = _download(
             conn,
@@ -351,9 +370,11 @@ def save_image(
             fd,
             offset,
             expected,
+            algo=algo,
             final=final,
             part=part,
             state_path=state_path,
+            overwrite=overwrite,
             keep_partial=keep_partial,
             reporter=reporter,
             options=options,
@@ -361,18 +382,19 @@ def save_image(
     finally:
         os.close(fd)
 
+    value = expected.value or got.digests[algo]
     manifest = backup_set.build_manifest(
         conn,
         record,
         data_file=os.path.basename(final),
         size=os.path.getsize(final),
-        hash_algo=expected.algorithm,
-        hash_value=expected.value,
-        sha256=got.digests['sha256'],
+        hash_algo=algo,
+        hash_value=value,
+        verified=expected.algorithm is not None,
         started=started_wall,
         finished=time.time(),
     )
-    mpath, cpath = backup_set.write_set(final, manifest)
+    mpath, cpath = backup_set.write_set(final, manifest, overwrite=overwrite)
     duration = options.clock() - started
     return SavedImage(
         image_id=image_id,
@@ -381,9 +403,9 @@ def save_image(
         manifest=mpath,
         checksum_file=cpath,
         size=manifest['data']['size'],
-        hash_algo=expected.algorithm,
-        hash_value=expected.value,
-        sha256=got.digests['sha256'],
+        hash_algo=algo,
+        hash_value=value,
+        verified=expected.algorithm is not None,
         resumed_from=got.resumed_from,
         retries=got.retries,
         duration=duration,
@@ -399,17 +421,16 @@ def _download(
     offset: int,
     expected: transfer.Expected,
     *,
+    algo: str,
     final: str,
     part: str,
     state_path: str,
+    overwrite: bool,
     keep_partial: bool,
     reporter: Reporter,
     options: TransferOptions,
 ) -> transfer.Received:
-    """Download, verify, fsync and rename."""
-    algorithms = ['sha256']
-    if expected.algorithm and expected.algorithm != 'sha256':
-        algorithms.insert(0, expected.algorithm)
+    """Download, verify (one hash: ``algo``), fsync and rename."""
     cleanup = Cleanup(reporter)  # turns SIGINT/SIGTERM into an exception
     try:
         with cleanup.guard():
@@ -420,14 +441,15 @@ def _download(
                     fd,
                     offset,
                     expected,
-                    algorithms=algorithms,
+                    algorithms=[algo],
                     label=record.get('name') or image_id,
                     what=f'image {image_id}',
                     reporter=reporter,
                     options=options,
                 )
             except HashMismatch as exc:
-                _discard(part, state_path, final, keep_partial, reporter)
+                _discard(part, state_path, final, keep_partial, overwrite,
+                         reporter)
                 raise HashMismatch(
                     f'Image {image_id} did not verify: got {exc.got}, Glance '
                     f'recorded {expected.algorithm} {expected.value}. The '
@@ -437,7 +459,14 @@ def _download(
                 ) from None
             reporter.step('Verified; flushing to disk')
             os.fsync(fd)
-            os.replace(part, final)
+            try:
+                backup_set.publish(part, final, overwrite=overwrite)
+            except FileExistsError:
+                raise errors.InvalidInput(
+                    f"'{final}' appeared during the download: osc-backup "
+                    'does not replace it (pass --overwrite to). The '
+                    f"verified data is kept in '{part}'."
+                ) from None
             backup_set.fsync_dir(os.path.dirname(final))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(state_path)
@@ -471,14 +500,22 @@ def _discard(
     state_path: str,
     final: str,
     keep_partial: bool,
+    overwrite: bool,
     reporter: Reporter,
 ) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_path)
     if keep_partial:
         kept = final + INVALID_SUFFIX
-        os.replace(part, kept)
-        reporter.note(f"The unverified data is kept in '{kept}'.")
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(part)
+        try:
+            backup_set.publish(part, kept, overwrite=overwrite)
+        except FileExistsError:
+            reporter.note(
+                f"'{kept}' exists: the unverified data is not kept (pass "
+                '--overwrite to replace it).'
+            )
+        else:
+            reporter.note(f"The unverified data is kept in '{kept}'.")
+            return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)

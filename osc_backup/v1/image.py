@@ -34,7 +34,7 @@ SAVE_COLUMNS = (
     'size',
     'hash_algo',
     'hash_value',
-    'sha256',
+    'verified',
     'manifest',
     'checksum_file',
     'resumed_from',
@@ -81,8 +81,12 @@ class SaveImage(command.ShowOne):
         "os_hash_value, else the md5 checksum) while it arrives; only a "
         "verified, fsynced file is renamed to its final name. Next to it go "
         "<file>.manifest.json (the image's formats, properties and hashes, "
-        "for 'backup image restore') and <file>.sha256, which "
-        "'sha256sum -c' checks without osc-backup.\n\n"
+        "for 'backup image restore') and <file>.<algo> (e.g. "
+        "<file>.sha512: Glance's hash of the data, and the manifest's), "
+        "which '<algo>sum -c' checks without osc-backup. Files are created "
+        "mode 0600, new directories 0700; an existing file is only "
+        "replaced with --overwrite, never written through a symbolic "
+        "link.\n\n"
         "An interrupted download is resumed by running the same command "
         "again; transient network errors are retried."
     )
@@ -148,7 +152,7 @@ class SaveImage(command.ShowOne):
             action='store_true',
             help=_(
                 'Save an image that has no hash at all (it cannot be '
-                'verified; the sha256 of what arrived is still recorded)'
+                'verified; the sha512 of what arrived is recorded)'
             ),
         )
         return parser
@@ -182,7 +186,7 @@ class SaveImage(command.ShowOne):
             'size': saved.size,
             'hash_algo': saved.hash_algo,
             'hash_value': saved.hash_value,
-            'sha256': saved.sha256,
+            'verified': saved.verified,
             'manifest': saved.manifest,
             'checksum_file': saved.checksum_file,
             'resumed_from': saved.resumed_from,

@@ -51,7 +51,7 @@ class TestViaImage(test_volume_image.ProcedureTestCase):
         data = os.path.join(tmp, 'img.raw')
         with mock.patch.object(
             volume_image, 'download_image',
-            return_value=[data, data + '.manifest.json', data + '.sha256'],
+            return_value=[data, data + '.manifest.json', data + '.sha512'],
         ), mock.patch.object(
             secrets, 'save_image_key',
             return_value=[data + '.key', data + '.key.luks-passphrase',
@@ -186,14 +186,14 @@ class TestImageSetKey(base.TestCase):
         conn = mock.Mock()
         manifest = backup_set.build_manifest(
             conn, {'id': 'i', secrets.IMAGE_KEY_ID: OLD_KEY},
-            data_file='img.raw', size=1, hash_algo=None, hash_value=None,
-            sha256='0' * 64, started=0.0, finished=1.0)
+            data_file='img.raw', size=1, hash_algo='sha512',
+            hash_value='0' * 128, verified=True, started=0.0, finished=1.0)
         self.assertEqual(
             OLD_KEY, manifest['encryption']['cinder_encryption_key_id'])
         self.assertEqual('img.raw.key', manifest['encryption']['key_file'])
         plain = backup_set.build_manifest(
-            conn, {'id': 'i'}, data_file='img.raw', size=1, hash_algo=None,
-            hash_value=None, sha256='0' * 64, started=0.0, finished=1.0)
+            conn, {'id': 'i'}, data_file='img.raw', size=1,
+            hash_algo='sha512', hash_value='0' * 128, verified=True, started=0.0, finished=1.0)
         self.assertNotIn('encryption', plain)
 
 

@@ -212,16 +212,16 @@ class TestSave(DownloadTestCase):
             self.assertEqual(DATA, f.read())
         self.assertEqual('sha512', saved.hash_algo)
         self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
-        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+        self.assertTrue(saved.verified)
         self.assertEqual(len(DATA), saved.size)
         self.assertEqual(0, saved.resumed_from)
         self.assertEqual(0, saved.retries)
         self.assertEqual(
-            ['img.raw', 'img.raw.manifest.json', 'img.raw.sha256'],
+            ['img.raw', 'img.raw.manifest.json', 'img.raw.sha512'],
             self.listing())
         self.assertEqual(
             [self.final, self.final + '.manifest.json',
-             self.final + '.sha256'], saved.files)
+             self.final + '.sha512'], saved.files)
         # one GET without Range
         reqs = self.file_requests()
         self.assertEqual(1, len(reqs))
@@ -244,8 +244,12 @@ class TestSave(DownloadTestCase):
                           'osc_backup_source_volume_id': 'v-1'},
                          m['backup'])
         self.assertEqual('img.raw', m['data']['file'])
-        self.assertEqual(hashlib.sha256(DATA).hexdigest(),
-                         m['data']['sha256'])
+        self.assertEqual(2, m['format_version'])
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(),
+                         m['data']['hash_value'])
+        self.assertEqual('sha512', m['data']['hash_algo'])
+        self.assertEqual('img.raw.sha512', m['data']['checksum_file'])
+        self.assertNotIn('sha256', m['data'])
         self.assertEqual('sha512', m['data']['verified_algo'])
         self.assertEqual({'cloud': 'minicloud', 'region': 'RegionOne',
                           'project_id': 'p1',
@@ -254,15 +258,15 @@ class TestSave(DownloadTestCase):
         self.assertIn('tool_version', m)
         self.assertTrue(m['saved_at'].endswith('Z'))
 
-    def test_checksum_file_accepted_by_sha256sum(self):
+    def test_checksum_file_accepted_by_sha512sum(self):
         self.serve(self.whole())
         saved = self.save()
         with open(saved.checksum_file) as f:
             lines = f.read().splitlines()
         self.assertEqual(
-            f'{hashlib.sha256(DATA).hexdigest()}  img.raw', lines[0])
+            f'{hashlib.sha512(DATA).hexdigest()}  img.raw', lines[0])
         self.assertTrue(lines[1].endswith('  img.raw.manifest.json'))
-        p = subprocess.run(['sha256sum', '-c', 'img.raw.sha256'],
+        p = subprocess.run(['sha512sum', '-c', 'img.raw.sha512'],
                            cwd=self.dir, capture_output=True, text=True)
         self.assertEqual(0, p.returncode, p.stdout + p.stderr)
 
@@ -381,15 +385,23 @@ class TestSave(DownloadTestCase):
         saved = self.save()
         self.assertEqual(('md5', hashlib.md5(DATA).hexdigest()),
                          (saved.hash_algo, saved.hash_value))
+        self.assertEqual(self.final + '.md5', saved.checksum_file)
+        p = subprocess.run(['md5sum', '-c', 'img.raw.md5'],
+                           cwd=self.dir, capture_output=True, text=True)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
 
-    def test_sha256_image_uses_one_hasher(self):
+    def test_sha256_image_gets_a_sha256_file(self):
         self.rec = record(os_hash_algo='sha256',
                           os_hash_value=hashlib.sha256(DATA).hexdigest())
         self.adapter.register_uri(
             'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
         self.serve(self.whole())
         saved = self.save()
-        self.assertEqual(saved.hash_value, saved.sha256)
+        self.assertEqual('sha256', saved.hash_algo)
+        self.assertEqual(self.final + '.sha256', saved.checksum_file)
+        p = subprocess.run(['sha256sum', '-c', 'img.raw.sha256'],
+                           cwd=self.dir, capture_output=True, text=True)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
 
     def test_final_name_absent_while_downloading(self):
         seen = []
@@ -409,22 +421,22 @@ class TestSave(DownloadTestCase):
 
     def test_fsync_before_rename(self):
         calls = []
-        real_fsync, real_replace = os.fsync, os.replace
+        real_fsync, real_link = os.fsync, os.link
 
         def fsync(fd):
             calls.append('fsync')
             return real_fsync(fd)
 
-        def replace(a, b):
-            calls.append(('replace', os.path.basename(a),
+        def link(a, b, **kwargs):
+            calls.append(('link', os.path.basename(a),
                           os.path.basename(b)))
-            return real_replace(a, b)
+            return real_link(a, b, **kwargs)
 
         self.serve(self.whole())
         with mock.patch.object(os, 'fsync', fsync), \
-                mock.patch.object(os, 'replace', replace):
+                mock.patch.object(os, 'link', link):
             self.save()
-        i = calls.index(('replace', '.img.raw.part', 'img.raw'))
+        i = calls.index(('link', '.img.raw.part', 'img.raw'))
         self.assertEqual('fsync', calls[i - 1])
 
     def test_fallback_reader_for_encoded_body(self):
@@ -511,7 +523,7 @@ class TestResume(DownloadTestCase):
         with open(self.final, 'rb') as f:
             self.assertEqual(DATA, f.read())
         self.assertEqual(['img.raw', 'img.raw.manifest.json',
-                          'img.raw.sha256'], self.listing())
+                          'img.raw.sha512'], self.listing())
 
     def test_resume_at_buffer_boundaries(self):
         for start in (4096, 8192, 12288, 98304):
@@ -521,7 +533,7 @@ class TestResume(DownloadTestCase):
             self.serve(self.ranged(DATA, start))
             saved = self.save()
             self.assertEqual(start, saved.resumed_from)
-            self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+            self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
 
     def test_resume_aligned_down_to_block(self):
         for start, aligned in ((1, 0), (8191, 4096), (8193, 8192),
@@ -540,7 +552,7 @@ class TestResume(DownloadTestCase):
         self.serve(self.whole())
         with mock.patch.object(transfer, '_open_direct', return_value=None):
             saved = self.save()
-        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
         with open(self.final, 'rb') as f:
             self.assertEqual(DATA, f.read())
 
@@ -610,7 +622,7 @@ class TestResume(DownloadTestCase):
         self.assertEqual('bytes=32768-', reqs[0].headers['Range'])
         with open(self.final, 'rb') as f:
             self.assertEqual(DATA, f.read())
-        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
 
     def test_wrong_content_range_restarts(self):
         self.write_partial(DATA[:30_000])
@@ -830,6 +842,27 @@ class TestNaming(testtools.TestCase):
         self.assertEqual('x-3f2a9c1b.ova', image_save.default_filename(
             record(name='../x', container_format='ova')))
 
+    def test_hostile_server_strings(self):
+        hostile = ['../..', '..', '.', '/etc/passwd', '.hidden',
+                   'a\nb', 'a\rb\x1b[31m', '\x00', 'a/../../b', '',
+                   '-.-', 'x' * 500, 'é ü', 'a..b']
+        for name in hostile:
+            for field in ('name', 'disk_format', 'id'):
+                over = {field: name}
+                if field != 'disk_format':
+                    over['container_format'] = 'bare'
+                got = image_save.default_filename(record(**over))
+                self.assertNotIn('/', got, over)
+                self.assertNotIn('..', got, over)
+                self.assertFalse(got.startswith(('.', '-')), over)
+                self.assertTrue(got.isprintable(), over)
+                self.assertLessEqual(len(got), 120, over)
+            got = image_save.default_filename(
+                record(container_format=name))
+            self.assertNotIn('/', got)
+            self.assertNotIn('..', got)
+            self.assertTrue(got.isprintable())
+
 
 class TestImageSets(DownloadTestCase):
     def saved_set(self):
@@ -990,3 +1023,192 @@ class TestRestore(DownloadTestCase):
         self.assertNotIn('protected', body)
         self.conn.image.update_image.assert_called_once_with(
             self.active, is_protected=True)
+
+
+class TestFileRules(DownloadTestCase):
+    """Files the tool writes: never through a symlink, never over an
+    existing file unless asked, 0600/0700, safe names, one checksum."""
+
+    def plant(self, path):
+        victim = os.path.join(self.dir, 'victim')
+        with open(victim, 'wb') as f:
+            f.write(b'precious')
+        os.symlink(victim, path)
+        return victim
+
+    def assertUntouched(self, victim):
+        with open(victim, 'rb') as f:
+            self.assertEqual(b'precious', f.read())
+
+    def test_symlink_at_part_name_not_written_through(self):
+        victim = self.plant(self.part)
+        self.serve(self.whole())
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('symbolic link', str(e))
+        self.assertUntouched(victim)
+        self.assertEqual([], self.file_requests())
+        self.assertTrue(os.path.islink(self.part))
+
+    def test_symlink_at_part_name_refused_with_overwrite_and_no_resume(self):
+        victim = self.plant(self.part)
+        self.serve(self.whole())
+        self.assertRaises(errors.InvalidInput, self.save, overwrite=True,
+                          resume=False)
+        self.assertUntouched(victim)
+
+    def test_symlink_at_state_name_replaced_not_followed(self):
+        victim = self.plant(self.state)
+        self.serve(self.whole())
+        self.save()
+        self.assertUntouched(victim)
+        self.assertFalse(os.path.lexists(self.state))
+
+    def test_symlink_at_final_names_refused_without_overwrite(self):
+        for name in ('img.raw', 'img.raw.manifest.json', 'img.raw.sha512',
+                     'img.raw.sha256'):
+            path = os.path.join(self.dir, name)
+            victim = self.plant(path)
+            self.serve(self.whole())
+            e = self.assertRaises(errors.InvalidInput, self.save)
+            self.assertIn('already exists', str(e))
+            self.assertUntouched(victim)
+            os.unlink(path)
+            os.unlink(victim)
+        self.assertEqual([], self.file_requests())
+
+    def test_symlink_at_final_names_replaced_with_overwrite(self):
+        victims = {}
+        for name in ('img.raw', 'img.raw.manifest.json', 'img.raw.sha512'):
+            path = os.path.join(self.dir, name)
+            victim = os.path.join(self.dir, 'victim-' + name)
+            with open(victim, 'wb') as f:
+                f.write(b'precious')
+            os.symlink(victim, path)
+            victims[path] = victim
+        self.serve(self.whole())
+        self.save(overwrite=True)
+        for path, victim in victims.items():
+            self.assertFalse(os.path.islink(path), path)
+            self.assertUntouched(victim)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_final_appearing_during_download_not_replaced(self):
+        def body(request, context):
+            with open(self.final, 'w') as f:
+                f.write('theirs')
+            return DATA
+
+        self.adapter.register_uri('GET', self.file_url, content=body)
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('appeared during the download', str(e))
+        with open(self.final) as f:
+            self.assertEqual('theirs', f.read())
+        # the verified data is kept for the next run
+        self.assertTrue(os.path.exists(self.part))
+
+    def test_modes_0600_whatever_the_umask(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        self.serve(self.whole())
+        saved = self.save()
+        for path in saved.files:
+            self.assertEqual(0o600, os.stat(path).st_mode & 0o777, path)
+
+    def test_partial_file_mode_0600(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        self.serve({'status_code': 200, 'body': Flaky(DATA, 8192 * 2),
+                    'headers': {}}, *([{'status_code': 503}] * 3))
+        opts, _ = small_options(retries=1)
+        self.assertRaises(errors.BackupError, self.save, options=opts)
+        self.assertEqual(0o600, os.stat(self.part).st_mode & 0o777)
+        self.assertEqual(0o600, os.stat(self.state).st_mode & 0o777)
+
+    def test_new_directories_0700(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        self.serve(self.whole())
+        target = os.path.join(self.dir, 'a', 'b')
+        saved = image_save.save_image(
+            self.conn, IMAGE_ID, target, as_file=False,
+            options=small_options()[0])
+        for d in (os.path.join(self.dir, 'a'), target):
+            self.assertEqual(0o700, os.stat(d).st_mode & 0o777, d)
+        self.assertEqual(0o600, os.stat(saved.file).st_mode & 0o777)
+
+    def test_one_hash_computed(self):
+        seen = []
+        real = transfer.receive
+
+        def spy(*args, **kwargs):
+            seen.append(kwargs['algorithms'])
+            return real(*args, **kwargs)
+
+        self.serve(self.whole())
+        with mock.patch.object(transfer, 'receive', spy):
+            self.save()
+        self.assertEqual([['sha512']], seen)
+        self.assertFalse(os.path.exists(self.final + '.sha256'))
+
+    def test_unverified_image_gets_local_sha512(self):
+        self.rec = record(os_hash_algo=None, os_hash_value=None,
+                          checksum=None)
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
+        self.serve(self.whole())
+        saved = self.save(allow_unverified=True)
+        self.assertFalse(saved.verified)
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
+        with open(saved.manifest) as f:
+            m = json.load(f)
+        self.assertIsNone(m['data']['verified_algo'])
+        self.assertEqual('sha512', m['data']['hash_algo'])
+
+    def test_hostile_hash_algo_not_used_in_a_name(self):
+        for algo in ('../../x', 'sha512\nx', 'sha512/..'):
+            exp = image_save.expected_hash(record(os_hash_algo=algo))
+            self.assertEqual('md5', exp.algorithm, algo)
+        exp = image_save.expected_hash(record(os_hash_algo='SHA512'))
+        self.assertEqual('sha512', exp.algorithm)
+        exp = image_save.expected_hash(record(os_hash_value='../x'))
+        self.assertEqual('md5', exp.algorithm)
+
+    def test_overwrite_removes_a_stale_format_1_checksum(self):
+        with open(self.final, 'wb') as f:
+            f.write(b'old')
+        with open(self.final + '.sha256', 'w') as f:
+            f.write(f'{hashlib.sha256(b"old").hexdigest()}  img.raw\n')
+        other = os.path.join(self.dir, 'img.raw.sha1')
+        with open(other, 'w') as f:
+            f.write('not a checksum file of ours')
+        self.serve(self.whole())
+        self.save(overwrite=True)
+        self.assertFalse(os.path.exists(self.final + '.sha256'))
+        self.assertTrue(os.path.exists(other))
+
+    def assertChecks(self, saved):
+        """Two lines (data, manifest); sha512sum -c agrees."""
+        with open(saved.checksum_file) as f:
+            self.assertEqual(2, len(f.read().splitlines()))
+        p = subprocess.run(
+            ['sha512sum', '-c', os.path.basename(saved.checksum_file)],
+            cwd=self.dir, capture_output=True, text=True)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
+
+    def test_hostile_names_from_the_server(self):
+        self.rec = record(name='../../etc/passwd\nx  y', disk_format='../raw',
+                          container_format='bare')
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
+        self.serve(self.whole())
+        saved = image_save.save_image(
+            self.conn, IMAGE_ID, self.dir, options=small_options()[0])
+        self.assertEqual(self.dir, os.path.dirname(saved.file))
+        self.assertChecks(saved)
+
+    def test_user_file_name_with_newline_checks(self):
+        self.serve(self.whole())
+        target = os.path.join(self.dir, 'my\nimage\\.raw')
+        saved = self.save(target)
+        self.assertChecks(saved)
