@@ -148,34 +148,31 @@ def restore_image(
 ) -> RestoredImage:
     """Upload a backup set to Glance and check that Glance agrees.
 
-    The recorded formats and properties are restored (those Glance owns
-    are left out); ``name``/``properties`` override. The data file's
-    sha256 is checked against the manifest while uploading, and the hash
-    Glance computes against the manifest's; on any mismatch or failure the
-    new image is deleted.
+    Before anything is created the set is validated
+    (:func:`osc_backup.common.backup_set.load_set`: manifest format,
+    keys and types, file names inside the set, checksum file) and the
+    data file is hashed and compared with the manifest. The recorded
+    formats and properties are restored (those Glance owns are left out);
+    ``name``/``properties`` override. The data is hashed again while it
+    is uploaded, and the hash Glance computes is compared with the
+    manifest's; on any mismatch or failure the new image (and a key this
+    command stored) is deleted.
     """
     reporter = reporter or NullReporter()
     started = clock()
-    manifest, mpath, data = backup_set.load_manifest(source)
-    if not os.path.isfile(data):
-        raise errors.InvalidInput(
-            f"The data file of '{mpath}' is missing: '{data}'."
-        )
-    want_size = int(manifest['data']['size'])
-    have_size = os.path.getsize(data)
-    if have_size != want_size:
-        raise errors.InvalidInput(
-            f"'{data}' has {have_size} bytes, the manifest says {want_size}:"
-            ' the file is incomplete or not the one that was saved.'
-        )
+    bs = backup_set.load_set(source)
+    manifest, mpath, data = bs.manifest, bs.manifest_path, bs.data
+    reporter.step(f"Checking '{data}' against its backup set")
+    bs.verify_data()
+    have_size = bs.size
     image_rec = manifest.get('image') or {}
-    algo, want = backup_set.data_hash(manifest)
+    algo, want = bs.hash_algo, bs.hash_value
     body = create_body(
         manifest, name=name, properties=properties, reporter=reporter
     )
     if not body.get('name'):
         body['name'] = image_rec.get('id') or os.path.basename(data)
-    key = _key_to_restore(conn, manifest, data, properties or {})
+    key = _key_to_restore(conn, bs, properties or {})
     deadline = waits.Deadline(timeout)
     cleanup = Cleanup(reporter)
     new_key_id: str | None = None
@@ -256,24 +253,32 @@ def encryption_key_id(manifest: Mapping[str, Any]) -> str | None:
 
 def _key_to_restore(
     conn: Any,
-    manifest: Mapping[str, Any],
-    data: str,
+    bs: backup_set.BackupSet,
     properties: Mapping[str, str],
 ) -> _Key | None:
     """The key an encrypted image needs, found before anything is made:
-    the key file saved with the set, else (same cloud) the recorded
-    secret, copied. ``--property cinder_encryption_key_id=...`` opts out.
+    the key file saved with the set (checked against the checksum file),
+    else (same cloud) the recorded secret, copied.
+    ``--property cinder_encryption_key_id=...`` opts out.
     """
-    old_id = encryption_key_id(manifest)
+    old_id = encryption_key_id(bs.manifest)
     if not old_id or secrets.IMAGE_KEY_ID in properties:
         return None
-    saved = secrets.load_image_key(data)
-    if saved is not None:
-        payload, doc = saved
+    data_name = bs.manifest['data']['file']
+    enc = bs.encryption or {}
+    key_name = enc.get('key_file') or data_name + secrets.KEY_SUFFIX
+    meta_name = (
+        enc.get('metadata_file') or data_name + backup_set.KEY_METADATA_SUFFIX
+    )
+    key_path = bs.member(key_name)
+    if os.path.exists(key_path):
+        payload, doc = secrets.parse_image_key(
+            bs.read_member(key_name), bs.read_member(meta_name), key_path
+        )
         return _Key(
             old_id, payload, dict(doc.get('secret') or {}),
             str(doc.get('payload_content_type') or secrets.OCTET_STREAM),
-            f'{data}{secrets.KEY_SUFFIX}',
+            key_path,
         )
     try:
         meta = secrets.find_secret(conn, old_id)
@@ -281,7 +286,7 @@ def _key_to_restore(
     except errors.BackupError as exc:
         raise errors.InvalidInput(
             f'The image of this backup set holds encrypted (LUKS) data, but '
-            f'no key was saved with it ({data}{secrets.KEY_SUFFIX}) and its '
+            f'no key was saved with it ({key_path}) and its '
             f'key {old_id} cannot be read here ({exc}). Without the key the '
             'data is useless. Put the key file next to the data file, or '
             f'pass --property {secrets.IMAGE_KEY_ID}=<secret ID> to use an '

@@ -76,10 +76,12 @@ def _positive_int(text: str) -> int:
 class SaveImage(command.ShowOne):
     _description = _(
         "Download an image into a verified local backup set\n\n"
-        "The data is streamed to a temporary file in the target folder and "
-        "checked against the hash Glance recorded (os_hash_algo/"
-        "os_hash_value, else the md5 checksum) while it arrives; only a "
-        "verified, fsynced file is renamed to its final name. Next to it go "
+        "The set is written in a hidden .<file>.partial directory in the "
+        "target folder: the data, checked against the hash Glance recorded "
+        "(os_hash_algo/os_hash_value, else the md5 checksum) while it "
+        "arrives, the key of an encrypted volume's image when it can be "
+        "read, the manifest and the checksum file, all fsynced; only then "
+        "are they renamed to their final names. Next to the data go "
         "<file>.manifest.json (the image's formats, properties and hashes, "
         "for 'backup image restore') and <file>.<algo> (e.g. "
         "<file>.sha512: Glance's hash of the data, and the manifest's), "
@@ -202,9 +204,12 @@ class RestoreImage(command.ShowOne):
         "Upload a saved backup set back to the Image service\n\n"
         "The image gets the recorded disk and container format, min_disk, "
         "min_ram, tags and properties (not those Glance sets itself, such "
-        "as id, owner, status or hashes). The data file is checked against "
-        "its manifest while it is uploaded, and the hash Glance computes "
-        "against the one recorded; on a mismatch the new image is deleted."
+        "as id, owner, status or hashes). Before anything is created the "
+        "set is validated (manifest format and fields, file names inside "
+        "the set's directory, checksum file) and the data file checked "
+        "against it; a bad set is one error and nothing is created. The "
+        "hash Glance computes is compared with the one recorded; on a "
+        "mismatch the new image is deleted."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:

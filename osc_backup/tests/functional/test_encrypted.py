@@ -150,12 +150,16 @@ class EncryptedVolumeTestCase(base.FunctionalTestCase):
                          restored['previous_encryption_key_id'])
         self.assertEqual(key, self.payload(new_key_id))
 
-        # a set saved by 'backup image save' has no key file: in the same
-        # cloud the recorded secret is copied (a new ID again)
+        # 'backup image save' saves the key in the set too (it can read
+        # it); without the key files, in the same cloud the recorded
+        # secret is copied (a new ID again)
         plain_dir = os.path.join(self.tmp, 'plain')
         saved, _ = self.backup_cmd('image', 'save', '--dir', plain_dir,
                                    result['image_id'])
-        self.assertFalse(os.path.exists(saved['file'] + '.key'))
+        with open(saved['file'] + '.key', 'rb') as f:
+            self.assertEqual(key, f.read())
+        for suffix in ('.key', '.key.luks-passphrase', '.key.metadata.json'):
+            os.unlink(saved['file'] + suffix)
         copied, stderr = self.backup_cmd('image', 'restore', saved['file'])
         self.addCleanup(self.delete_image, copied['image_id'])
         self.assertIn(f'Barbican secret {image_key_id}', stderr)

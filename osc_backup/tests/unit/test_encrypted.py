@@ -10,15 +10,17 @@ from openstack import exceptions as sdk_exc
 from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common.cleanup import Cleanup
-from osc_backup.common.progress import Reporter
 from osc_backup.common import backup_set
+from osc_backup.common.progress import Reporter
 from osc_backup.procedures import image_restore
+from osc_backup.procedures import image_save
 from osc_backup.procedures import secrets
 from osc_backup.procedures import volume_backup
 from osc_backup.procedures import volume_image
 from osc_backup.procedures import volume_restore
 from osc_backup.tests.unit import base
 from osc_backup.tests.unit import fakes
+from osc_backup.tests.unit import test_image_save
 from osc_backup.tests.unit import test_secret
 from osc_backup.tests.unit import test_volume_image
 
@@ -46,37 +48,32 @@ class TestViaImage(test_volume_image.ProcedureTestCase):
             self.err.getvalue())
         self.assertIn('useless without its key', self.err.getvalue())
 
-    def test_download_saves_key(self):
+    def test_download_saves_key_in_the_set(self):
         tmp = self.useFixture(fixtures.TempDir()).path
         data = os.path.join(tmp, 'img.raw')
+        saved = mock.Mock(files=[
+            data, data + '.manifest.json', data + '.sha512', data + '.key',
+            data + '.key.luks-passphrase', data + '.key.metadata.json'])
         with mock.patch.object(
-            volume_image, 'download_image',
-            return_value=[data, data + '.manifest.json', data + '.sha512'],
-        ), mock.patch.object(
-            secrets, 'save_image_key',
-            return_value=[data + '.key', data + '.key.luks-passphrase',
-                          data + '.key.metadata.json'],
-        ) as save_key, mock.patch(
-            'osc_backup.common.backup_set.check_free_space'):
+            image_save, 'save_image', return_value=saved,
+        ) as save, mock.patch(
+                'osc_backup.common.backup_set.check_free_space'):
             result = self.backup(download=tmp)
-        save_key.assert_called_once_with(self.conn, OLD_KEY, data)
+        self.assertTrue(save.call_args.kwargs['with_key'])
         self.assertEqual(6, len(result['files']))
         self.assertIn(data + '.key.luks-passphrase', result['files'])
         self.assertIn('Saved key', self.err.getvalue())
 
-    def test_key_save_failure_keeps_image(self):
+    def test_key_read_failure_keeps_image(self):
         tmp = self.useFixture(fixtures.TempDir()).path
-        data = os.path.join(tmp, 'img.raw')
         with mock.patch.object(
-            volume_image, 'download_image', return_value=[data],
-        ), mock.patch.object(
-            secrets, 'save_image_key',
-            side_effect=errors.BackupError('403.'),
+            image_save, 'save_image',
+            side_effect=errors.BackupError('The key cannot be read: 403.'),
         ), mock.patch('osc_backup.common.backup_set.check_free_space'):
             exc = self.assertRaises(
                 errors.BackupError, self.backup, download=tmp)
-        self.assertIn('active and downloaded', str(exc))
-        self.assertIn(f'secret save {OLD_KEY}', str(exc))
+        self.assertIn('is active and complete', str(exc))
+        self.assertIn('openstack backup image save', str(exc))
         self.image_proxy.delete_image.assert_not_called()
 
     def test_not_encrypted_unchanged(self):
@@ -120,28 +117,72 @@ class TestBackupKey(base.TestCase):
         self.bs.put.assert_not_called()
 
 
-class TestImageSetKey(base.TestCase):
+class TestImageSetKey(test_image_save.DownloadTestCase):
+    """A set of an encrypted volume's image holds its key; restore reads
+    it from there (checked) or, failing that, copies the secret."""
+
     def setUp(self):
         super().setUp()
-        self.dir = self.useFixture(fixtures.TempDir()).path
-        self.data = os.path.join(self.dir, 'img.raw')
         self.fake = test_secret.FakeKM()
-        self.conn = mock.Mock(key_manager=self.fake.km)
-        self.manifest = {'glance_record': {
+        self.conn.key_manager = self.fake.km
+        self.rec = test_image_save.record(**{
             secrets.IMAGE_KEY_ID: OLD_KEY,
-            secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION}}
+            secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION})
+        self.adapter.register_uri(
+            'GET', f'{test_image_save.ENDPOINT}/images/'
+            f'{test_image_save.IMAGE_ID}', json=self.rec)
+        self.serve(self.whole())
         self.err = io.StringIO()
         self.reporter = Reporter(stream=self.err, progress=False)
 
+    def saved_set(self, **kwargs):
+        saved = self.save(**kwargs)
+        self.fake.km.get.reset_mock()
+        return saved, backup_set.load_set(saved.manifest)
+
+    def test_key_saved_in_the_set(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        saved, bs = self.saved_set()
+        names = ['img.raw.key', 'img.raw.key.luks-passphrase',
+                 'img.raw.key.metadata.json']
+        self.assertEqual([os.path.join(self.dir, n) for n in names],
+                         saved.key_files)
+        for path in saved.files:
+            self.assertEqual(0o600, os.stat(path).st_mode & 0o777)
+        for name in names:
+            self.assertIn(name, bs.checksums)
+        self.assertEqual(
+            sorted(['img.raw', 'img.raw.manifest.json', 'img.raw.sha512',
+                    *names]), self.listing())
+
+    def test_unreadable_key_fails_before_download_when_required(self):
+        self.fake.km.get.side_effect = None
+        self.fake.km.get.return_value = mock.Mock(status_code=403)
+        with mock.patch.object(
+            sdk_exc, 'raise_from_response',
+            side_effect=sdk_exc.ForbiddenException('no'),
+        ):
+            exc = self.assertRaises(errors.BackupError, self.save,
+                                    with_key=True)
+            self.assertIn('nothing was downloaded', str(exc))
+            self.assertEqual([], self.file_requests())
+            # image save (not required): a warning, the set without it
+            saved = self.save(reporter=self.reporter)
+        self.assertEqual([], saved.key_files)
+        self.assertIn('saved without it', self.err.getvalue())
+
     def test_not_encrypted(self):
-        self.assertIsNone(image_restore._key_to_restore(
-            self.conn, {'glance_record': {}}, self.data, {}))
+        self.rec.pop(secrets.IMAGE_KEY_ID)
+        self.adapter.register_uri(
+            'GET', f'{test_image_save.ENDPOINT}/images/'
+            f'{test_image_save.IMAGE_ID}', json=self.rec)
+        _, bs = self.saved_set()
+        self.assertIsNone(image_restore._key_to_restore(self.conn, bs, {}))
 
     def test_from_key_file(self):
-        secrets.save_image_key(self.conn, OLD_KEY, self.data)
-        self.fake.km.get.reset_mock()
-        key = image_restore._key_to_restore(
-            self.conn, self.manifest, self.data, {})
+        _, bs = self.saved_set()
+        key = image_restore._key_to_restore(self.conn, bs, {})
         self.assertEqual(test_secret.KEY, key.payload)
         self.fake.km.get.assert_not_called()
         body = {secrets.IMAGE_KEY_ID: OLD_KEY}
@@ -158,13 +199,34 @@ class TestImageSetKey(base.TestCase):
         self.fake.km.delete_secret.assert_called_once_with(
             NEW_KEY, ignore_missing=True)
 
+    def test_tampered_key_file_refused(self):
+        saved, bs = self.saved_set()
+        with open(saved.key_files[0], 'r+b') as f:
+            f.write(b'X')
+        exc = self.assertRaises(errors.InvalidInput,
+                                image_restore._key_to_restore,
+                                self.conn, bs, {})
+        self.assertIn('does not match', str(exc))
+
+    def test_key_file_symlink_leaving_the_set_refused(self):
+        saved, bs = self.saved_set()
+        outside = os.path.join(os.path.dirname(self.dir), 'stolen.key')
+        os.rename(saved.key_files[0], outside)
+        self.addCleanup(os.unlink, outside)
+        os.symlink(outside, saved.key_files[0])
+        exc = self.assertRaises(errors.InvalidInput,
+                                image_restore._key_to_restore,
+                                self.conn, bs, {})
+        self.assertIn('leading out', str(exc))
+
     def test_copied_from_barbican_without_file(self):
-        key = image_restore._key_to_restore(
-            self.conn, self.manifest, self.data, {})
+        _, bs = self.saved_set(with_key=False)
+        key = image_restore._key_to_restore(self.conn, bs, {})
         self.assertEqual(test_secret.KEY, key.payload)
         self.assertIn('Barbican secret', key.origin)
 
     def test_no_key_anywhere_fails_before_anything(self):
+        _, bs = self.saved_set(with_key=False)
         self.fake.km.get.side_effect = None
         self.fake.km.get.return_value = mock.Mock(status_code=404)
         with mock.patch.object(
@@ -173,15 +235,17 @@ class TestImageSetKey(base.TestCase):
         ):
             exc = self.assertRaises(
                 errors.InvalidInput, image_restore._key_to_restore,
-                self.conn, self.manifest, self.data, {})
+                self.conn, bs, {})
         self.assertIn('useless', str(exc))
         self.fake.km.post.assert_not_called()
 
     def test_property_override_skips(self):
+        _, bs = self.saved_set()
         self.assertIsNone(image_restore._key_to_restore(
-            self.conn, self.manifest, self.data,
-            {secrets.IMAGE_KEY_ID: 'other'}))
+            self.conn, bs, {secrets.IMAGE_KEY_ID: 'other'}))
 
+
+class TestManifestKey(base.TestCase):
     def test_manifest_records_key(self):
         conn = mock.Mock()
         manifest = backup_set.build_manifest(
