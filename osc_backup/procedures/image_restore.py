@@ -179,6 +179,7 @@ def restore_image(
     with cleanup.guard():
         if key is not None:
             new_key_id = _restore_key(conn, key, body, cleanup, reporter)
+        key_policy(body, new_key_id, reporter)
         reporter.step(f"Creating image '{body['name']}'")
         with cleanup.creating():
             resp = conn.image.post('/images', json=body)
@@ -321,7 +322,6 @@ def _restore_key(
             when=PARTIAL,
         )
     body[secrets.IMAGE_KEY_ID] = new_id
-    body[secrets.IMAGE_KEY_POLICY] = secrets.ON_IMAGE_DELETION
     reporter.note(
         f'The image key was stored again in Barbican from {key.origin}: '
         f'its ID changed, {key.old_id} -> {new_id}. The restored image '
@@ -329,6 +329,32 @@ def _restore_key(
         'with the image.'
     )
     return new_id
+
+
+def key_policy(
+    body: dict[str, Any], stored: str | None, reporter: Reporter
+) -> None:
+    """Who may delete the image's key: ``on_image_deletion`` only for the
+    secret this very command stored (``stored``); any other key (one given
+    with ``--property cinder_encryption_key_id=...``, say the live volume's
+    own) gets ``do_not_delete``, so that deleting the image -- or this
+    command's own failure cleanup -- never deletes a secret it did not
+    create.
+    """
+    key_id = body.get(secrets.IMAGE_KEY_ID)
+    if not key_id:
+        return
+    if stored is not None and key_id == stored:
+        body[secrets.IMAGE_KEY_POLICY] = secrets.ON_IMAGE_DELETION
+        return
+    if body.get(secrets.IMAGE_KEY_POLICY) != secrets.DO_NOT_DELETE:
+        reporter.note(
+            f'The restored image uses key {key_id}, which this command did '
+            f'not create: {secrets.IMAGE_KEY_POLICY} is set to '
+            f'{secrets.DO_NOT_DELETE}, so deleting the image never deletes '
+            'that secret.'
+        )
+    body[secrets.IMAGE_KEY_POLICY] = secrets.DO_NOT_DELETE
 
 
 def _verify_glance(image: Any, manifest: Mapping[str, Any]) -> str:

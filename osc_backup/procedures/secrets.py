@@ -78,6 +78,8 @@ _UUID = re.compile(
 IMAGE_KEY_ID = 'cinder_encryption_key_id'
 IMAGE_KEY_POLICY = 'cinder_encryption_key_deletion_policy'
 ON_IMAGE_DELETION = 'on_image_deletion'
+#: the policy of an image holding a key the command did not create
+DO_NOT_DELETE = 'do_not_delete'
 
 LEGACY_NOTE = (
     'Volumes created by old releases may use the "mangled" passphrase '

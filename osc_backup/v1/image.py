@@ -209,7 +209,12 @@ class RestoreImage(command.ShowOne):
         "the set's directory, checksum file) and the data file checked "
         "against it; a bad set is one error and nothing is created. The "
         "hash Glance computes is compared with the one recorded; on a "
-        "mismatch the new image is deleted."
+        "mismatch the new image is deleted.\n\n"
+        "The key of an encrypted volume's image is stored again in "
+        "Barbican (a new ID) and deleted with the image. A key given with "
+        "--property cinder_encryption_key_id=<secret> is used as it is and "
+        "the image gets cinder_encryption_key_deletion_policy="
+        "do_not_delete: deleting the image never deletes it."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:

@@ -191,6 +191,7 @@ class TestImageSetKey(test_image_save.DownloadTestCase):
             self.conn, key, body, cleanup, self.reporter)
         self.assertEqual(NEW_KEY, new)
         self.assertEqual(NEW_KEY, body[secrets.IMAGE_KEY_ID])
+        image_restore.key_policy(body, new, self.reporter)
         self.assertEqual(secrets.ON_IMAGE_DELETION,
                          body[secrets.IMAGE_KEY_POLICY])
         self.assertIn(f'{OLD_KEY} -> {NEW_KEY}', self.err.getvalue())
@@ -243,6 +244,86 @@ class TestImageSetKey(test_image_save.DownloadTestCase):
         _, bs = self.saved_set()
         self.assertIsNone(image_restore._key_to_restore(
             self.conn, bs, {secrets.IMAGE_KEY_ID: 'other'}))
+
+
+class TestRestoreKeyPolicy(test_image_save.RestoreTestCase):
+    """A restored image never holds a key it did not create with
+    cinder_encryption_key_deletion_policy=on_image_deletion."""
+
+    RECORD = {secrets.IMAGE_KEY_ID: OLD_KEY,
+              secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION}
+    LIVE_KEY = 'eeeeeeee-0000-4000-8000-00000000000e'
+
+    def setUp(self):
+        self.fake = test_secret.FakeKM()
+        super().setUp()
+        self.err = io.StringIO()
+        self.reporter = Reporter(stream=self.err, progress=False)
+
+    def setup_conn(self):
+        self.conn.key_manager = self.fake.km
+
+    def restore(self, **properties):
+        return image_restore.restore_image(
+            self.conn, self.saved.manifest, properties=properties,
+            reporter=self.reporter)
+
+    def posted(self):
+        return next(h for h in self.adapter.request_history
+                    if h.method == 'POST').json()
+
+    def test_given_key_never_deleted_with_the_image(self):
+        # the issue's report: the live volume's own key given explicitly
+        self.restore(**{secrets.IMAGE_KEY_ID: self.LIVE_KEY})
+        body = self.posted()
+        self.assertEqual(self.LIVE_KEY, body[secrets.IMAGE_KEY_ID])
+        self.assertEqual(secrets.DO_NOT_DELETE,
+                         body[secrets.IMAGE_KEY_POLICY])
+        self.fake.km.post.assert_not_called()
+        self.assertIn(self.LIVE_KEY, self.err.getvalue())
+        self.assertIn(secrets.DO_NOT_DELETE, self.err.getvalue())
+
+    def test_given_policy_cannot_ask_to_delete_a_foreign_key(self):
+        self.restore(**{secrets.IMAGE_KEY_ID: self.LIVE_KEY,
+                        secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION})
+        self.assertEqual(secrets.DO_NOT_DELETE,
+                         self.posted()[secrets.IMAGE_KEY_POLICY])
+
+    def test_key_this_command_stored_deleted_with_the_image(self):
+        r = self.restore()
+        body = self.posted()
+        self.assertEqual(NEW_KEY, body[secrets.IMAGE_KEY_ID])
+        self.assertEqual(NEW_KEY, r.encryption_key_id)
+        self.assertEqual(secrets.ON_IMAGE_DELETION,
+                         body[secrets.IMAGE_KEY_POLICY])
+
+    def fail_upload(self):
+        self.adapter.register_uri(
+            'PUT', f'{test_image_save.ENDPOINT}/images/{self.NEW_ID}/file',
+            status_code=500, text='boom')
+
+    def test_failure_deletes_only_the_key_it_stored(self):
+        self.fail_upload()
+        self.assertRaises(errors.BackupError, self.restore)
+        self.conn.image.delete_image.assert_called_once_with(
+            self.NEW_ID, ignore_missing=True)
+        self.fake.km.delete_secret.assert_called_once_with(
+            NEW_KEY, ignore_missing=True)
+
+    def test_failure_never_deletes_a_given_key(self):
+        self.fail_upload()
+        self.assertRaises(errors.BackupError, self.restore,
+                          **{secrets.IMAGE_KEY_ID: self.LIVE_KEY})
+        self.conn.image.delete_image.assert_called_once()
+        self.fake.km.delete_secret.assert_not_called()
+        # and the image being deleted holds it with do_not_delete
+        self.assertEqual(secrets.DO_NOT_DELETE,
+                         self.posted()[secrets.IMAGE_KEY_POLICY])
+
+    def test_key_policy_without_a_key_untouched(self):
+        body = {'name': 'x'}
+        image_restore.key_policy(body, None, self.reporter)
+        self.assertEqual({'name': 'x'}, body)
 
 
 class TestManifestKey(base.TestCase):

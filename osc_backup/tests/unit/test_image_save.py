@@ -139,16 +139,20 @@ def small_options(**over):
 
 
 class DownloadTestCase(testtools.TestCase):
+    #: what the image's record has besides ``record()``'s
+    RECORD: dict = {}
+
     def setUp(self):
         super().setUp()
         self.dir = self.useFixture(fixtures.TempDir()).path
         self.conn = FakeConn()
+        self.setup_conn()
         self.mock = self.useFixture(
             fixtures.MockPatchObject(self.conn.image, 'session'))
         self.conn.image.session = requests.Session()
         self.adapter = requests_mock.Adapter()
         self.conn.image.session.mount('http://', self.adapter)
-        self.rec = record()
+        self.rec = record(**self.RECORD)
         self.adapter.register_uri(
             'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
         self.file_url = f'{ENDPOINT}/images/{IMAGE_ID}/file'
@@ -156,6 +160,9 @@ class DownloadTestCase(testtools.TestCase):
         self.partial = os.path.join(self.dir, '.img.raw.partial')
         self.part = os.path.join(self.partial, 'img.raw.part')
         self.state = os.path.join(self.partial, 'state.json')
+
+    def setup_conn(self):
+        """Add to ``self.conn`` before anything is saved."""
 
     def serve(self, *responses):
         self.adapter.register_uri('GET', self.file_url, list(responses))
