@@ -9,8 +9,9 @@ runs side by side, interleaved, --runs times:
   image-save     openstack image save --file F              (OSC defaults)
   image-save-1M  openstack image save --chunk-size 1048576 --file F
   backup-save    openstack backup image save --file F --overwrite
-                 (verifies os_hash_value, computes sha256, fsyncs, writes
-                 the manifest and checksum file)
+                 (verifies os_hash_value -- the one hash, no second
+                 pass --, fsyncs, writes the manifest and checksum file
+                 in .F.partial/ and renames the set into place)
 
 The openstack commands have the CLI start-up (median `openstack --version`)
 subtracted. Prints median seconds, throughput, peak RSS of each and the
@@ -208,8 +209,12 @@ def measure(methods, image, runs, args, out, env, pids, start_up,
             for attempt in range(1, args.attempts + 1):
                 workdir = os.path.dirname(out)
                 for f in os.listdir(workdir):
+                    path = os.path.join(workdir, f)
                     if f.startswith(('out.raw', '.out.raw')):
-                        os.unlink(os.path.join(workdir, f))
+                        if os.path.isdir(path):  # .out.raw.partial/
+                            shutil.rmtree(path)
+                        else:
+                            os.unlink(path)
                 os.sync()  # nobody else's dirty pages in our timing
                 seconds, peak, cpu = run_measured(argv(image), env, pids)
                 if os.path.getsize(out) != size:

@@ -150,39 +150,34 @@ def restore_image(
 ) -> RestoredImage:
     """Upload a backup set to Glance and check that Glance agrees.
 
+    Before anything is created the set is validated
+    (:func:`osc_backup.common.backup_set.load_set`: manifest format,
+    keys and types, file names inside the set, checksum file) and the
+    data file is hashed and compared with the manifest. The recorded
+    formats and properties are restored (those Glance owns are left out);
+    ``name``/``properties`` override. The data is hashed again while it
+    is uploaded, and the hash Glance computes is compared with the
+    manifest's; on any mismatch or failure the new image (and a key this
+    command stored) is deleted.
     The image is uploaded under the run's temporary name and renamed once
     verified, and a key stored for it is named with the run tag, so that
     ``backup cleanup`` finds what a killed run left.
-
-    The recorded formats and properties are restored (those Glance owns
-    are left out); ``name``/``properties`` override. The data file's
-    sha256 is checked against the manifest while uploading, and the hash
-    Glance computes against the manifest's; on any mismatch or failure the
-    new image is deleted.
     """
     reporter = reporter or NullReporter()
     started = clock()
-    manifest, mpath, data = backup_set.load_manifest(source)
-    if not os.path.isfile(data):
-        raise errors.InvalidInput(
-            f"The data file of '{mpath}' is missing: '{data}'."
-        )
-    want_size = int(manifest['data']['size'])
-    have_size = os.path.getsize(data)
-    if have_size != want_size:
-        raise errors.InvalidInput(
-            f"'{data}' has {have_size} bytes, the manifest says {want_size}:"
-            ' the file is incomplete or not the one that was saved.'
-        )
+    bs = backup_set.load_set(source)
+    manifest, mpath, data = bs.manifest, bs.manifest_path, bs.data
+    reporter.step(f"Checking '{data}' against its backup set")
+    bs.verify_data()
+    have_size = bs.size
     image_rec = manifest.get('image') or {}
-    algo = image_rec.get('os_hash_algo')
-    want_sha256 = manifest['data']['sha256']
+    algo, want = bs.hash_algo, bs.hash_value
     body = create_body(
         manifest, name=name, properties=properties, reporter=reporter
     )
     if not body.get('name'):
         body['name'] = image_rec.get('id') or os.path.basename(data)
-    key = _key_to_restore(conn, manifest, data, properties or {})
+    key = _key_to_restore(conn, bs, properties or {})
     deadline = waits.Deadline(timeout)
     run = run or tags.Run()
     cleanup = Cleanup(reporter, run_id=run.run_id)
@@ -195,36 +190,29 @@ def restore_image(
                 conn, key, body, cleanup, reporter,
                 name=run.key_name(final_name),
             )
+        key_policy(body, new_key_id, reporter)
         reporter.step(f"Creating image '{final_name}'")
         with cleanup.creating():
             resp = conn.image.post('/images', json=body)
             errors.check_response(resp, 'Creating the image', (201,))
             image_id: str = resp.json()['id']
             cleanup.remove_image_on_failure(conn.image, image_id)
-        sha256 = hashlib.sha256()
-        hashers: list[Any] = [sha256]
-        local_algo: Any = None
-        if algo and algo != 'sha256':
-            try:
-                local_algo = hashlib.new(algo)
-                hashers.append(local_algo)
-            except ValueError:
-                local_algo = None
+        local = hashlib.new(algo)
         reporter.step(f'Uploading {data} ({have_size} bytes) to {image_id}')
         resp = conn.image.put(
             f'/images/{image_id}/file',
-            data=_chunks(data, hashers),
+            data=_chunks(data, [local]),
             headers={'Content-Type': 'application/octet-stream'},
             timeout=(30, max(60.0, deadline.remaining())),
         )
         errors.check_response(
             resp, f'Uploading the data of image {image_id}', (204,)
         )
-        if sha256.hexdigest() != want_sha256:
+        if local.hexdigest() != want:
             raise errors.BackupError(
-                f"'{data}' does not match its manifest: sha256 "
-                f'{sha256.hexdigest()}, expected {want_sha256}. The file '
-                'is damaged; the uploaded image is deleted.'
+                f"'{data}' does not match its manifest: {algo} "
+                f'{local.hexdigest()}, expected {want}. The file is '
+                'damaged; the uploaded image is deleted.'
             )
         reporter.step(f'Waiting for image {image_id} to become active')
         image = waits.wait_for_status(
@@ -236,7 +224,7 @@ def restore_image(
             timeout=deadline,
             interval=interval,
         )
-        verified = _verify_glance(image, manifest, local_algo)
+        verified = _verify_glance(image, manifest)
         image = conn.image.update_image(image.id, name=final_name)
         if image_rec.get('protected'):
             image = conn.image.update_image(image, is_protected=True)
@@ -278,24 +266,32 @@ def encryption_key_id(manifest: Mapping[str, Any]) -> str | None:
 
 def _key_to_restore(
     conn: Any,
-    manifest: Mapping[str, Any],
-    data: str,
+    bs: backup_set.BackupSet,
     properties: Mapping[str, str],
 ) -> _Key | None:
     """The key an encrypted image needs, found before anything is made:
-    the key file saved with the set, else (same cloud) the recorded
-    secret, copied. ``--property cinder_encryption_key_id=...`` opts out.
+    the key file saved with the set (checked against the checksum file),
+    else (same cloud) the recorded secret, copied.
+    ``--property cinder_encryption_key_id=...`` opts out.
     """
-    old_id = encryption_key_id(manifest)
+    old_id = encryption_key_id(bs.manifest)
     if not old_id or secrets.IMAGE_KEY_ID in properties:
         return None
-    saved = secrets.load_image_key(data)
-    if saved is not None:
-        payload, doc = saved
+    data_name = bs.manifest['data']['file']
+    enc = bs.encryption or {}
+    key_name = enc.get('key_file') or data_name + secrets.KEY_SUFFIX
+    meta_name = (
+        enc.get('metadata_file') or data_name + backup_set.KEY_METADATA_SUFFIX
+    )
+    key_path = bs.member(key_name)
+    if os.path.exists(key_path):
+        payload, doc = secrets.parse_image_key(
+            bs.read_member(key_name), bs.read_member(meta_name), key_path
+        )
         return _Key(
             old_id, payload, dict(doc.get('secret') or {}),
             str(doc.get('payload_content_type') or secrets.OCTET_STREAM),
-            f'{data}{secrets.KEY_SUFFIX}',
+            key_path,
         )
     try:
         meta = secrets.find_secret(conn, old_id)
@@ -303,7 +299,7 @@ def _key_to_restore(
     except errors.BackupError as exc:
         raise errors.InvalidInput(
             f'The image of this backup set holds encrypted (LUKS) data, but '
-            f'no key was saved with it ({data}{secrets.KEY_SUFFIX}) and its '
+            f'no key was saved with it ({key_path}) and its '
             f'key {old_id} cannot be read here ({exc}). Without the key the '
             'data is useless. Put the key file next to the data file, or '
             f'pass --property {secrets.IMAGE_KEY_ID}=<secret ID> to use an '
@@ -341,7 +337,6 @@ def _restore_key(
             when=PARTIAL,
         )
     body[secrets.IMAGE_KEY_ID] = new_id
-    body[secrets.IMAGE_KEY_POLICY] = secrets.ON_IMAGE_DELETION
     reporter.note(
         f'The image key was stored again in Barbican from {key.origin}: '
         f'its ID changed, {key.old_id} -> {new_id}. The restored image '
@@ -351,9 +346,33 @@ def _restore_key(
     return new_id
 
 
-def _verify_glance(
-    image: Any, manifest: Mapping[str, Any], local_algo: Any
-) -> str:
+def key_policy(
+    body: dict[str, Any], stored: str | None, reporter: Reporter
+) -> None:
+    """Who may delete the image's key: ``on_image_deletion`` only for the
+    secret this very command stored (``stored``); any other key (one given
+    with ``--property cinder_encryption_key_id=...``, say the live volume's
+    own) gets ``do_not_delete``, so that deleting the image -- or this
+    command's own failure cleanup -- never deletes a secret it did not
+    create.
+    """
+    key_id = body.get(secrets.IMAGE_KEY_ID)
+    if not key_id:
+        return
+    if stored is not None and key_id == stored:
+        body[secrets.IMAGE_KEY_POLICY] = secrets.ON_IMAGE_DELETION
+        return
+    if body.get(secrets.IMAGE_KEY_POLICY) != secrets.DO_NOT_DELETE:
+        reporter.note(
+            f'The restored image uses key {key_id}, which this command did '
+            f'not create: {secrets.IMAGE_KEY_POLICY} is set to '
+            f'{secrets.DO_NOT_DELETE}, so deleting the image never deletes '
+            'that secret.'
+        )
+    body[secrets.IMAGE_KEY_POLICY] = secrets.DO_NOT_DELETE
+
+
+def _verify_glance(image: Any, manifest: Mapping[str, Any]) -> str:
     """Compare what Glance computed with the manifest; return what was
     compared (e.g. ``sha512``); raise on a mismatch."""
     rec = manifest.get('image') or {}
@@ -363,21 +382,14 @@ def _verify_glance(
             f'Glance stored {image.size} bytes for image {image.id}, the '
             f'backup set has {want_size}; the image is deleted.'
         )
+    algo, value = backup_set.data_hash(manifest)
     pairs: list[tuple[str, str | None, str | None]] = []
-    if image.hash_algo and image.hash_algo == rec.get('os_hash_algo'):
+    if image.hash_algo and image.hash_algo == algo:
+        pairs.append((algo, image.hash_value, value))
+    elif image.hash_algo and image.hash_algo == rec.get('os_hash_algo'):
         pairs.append((image.hash_algo, image.hash_value, rec['os_hash_value']))
     if image.checksum and rec.get('checksum'):
         pairs.append(('md5', image.checksum, rec['checksum']))
-    if image.hash_algo == 'sha256':
-        pairs.append(('sha256', image.hash_value, manifest['data']['sha256']))
-    if (
-        local_algo is not None
-        and image.hash_algo == getattr(local_algo, 'name', None)
-        and not pairs
-    ):
-        pairs.append(
-            (image.hash_algo, image.hash_value, local_algo.hexdigest())
-        )
     if not pairs:
         raise errors.BackupError(
             f'Cannot check image {image.id}: Glance reports '

@@ -14,16 +14,19 @@
 
 :func:`save_image` is what every verb that downloads calls (``backup
 image save``, ``backup volume create --download``, ``backup server create
---download``). It guarantees that a file under the final name is complete
-and verified:
+--download``). It writes the set through
+:class:`osc_backup.common.backup_set.SetWriter`, so a file under a final
+name is always complete and verified:
 
-* the data goes to a hidden temporary name in the target folder
-  (``.<name>.part``, with a ``.part.json`` sidecar naming the image and
-  its hash); it is fsynced and renamed only after the hash Glance recorded
-  (``os_hash_algo``/``os_hash_value``, else the md5 ``checksum``) matched;
-* a run that stops half-way leaves the partial file; the next run for the
-  same image (same ID and hash) re-hashes it and continues where it
-  stopped.
+* the data, the key of an encrypted volume's image, the manifest and the
+  checksum file are written in a hidden ``.<name>.partial/`` directory
+  (with a ``state.json`` naming the image and its hash); the data is
+  checked against the hash Glance recorded (``os_hash_algo``/
+  ``os_hash_value``, else the md5 ``checksum``) while it arrives; only a
+  complete, fsynced set is renamed into place;
+* a run that stops half-way leaves that directory; the next run for the
+  same image (same ID and hash) re-hashes the partial data and continues
+  where it stopped, or finishes the renames of a complete set.
 
 The transfer itself is :mod:`osc_backup.common.transfer`, the set format
 :mod:`osc_backup.common.backup_set`.
@@ -33,8 +36,6 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from osc_backup.common import backup_set
@@ -53,14 +54,14 @@ from osc_backup.common import transfer
 from osc_backup.common.cleanup import Cleanup
 from osc_backup.common.progress import NullReporter, Reporter
 from osc_backup.common.transfer import HashMismatch, TransferOptions
+from osc_backup.procedures import secrets
 
 __all__ = ['HashMismatch', 'SavedImage', 'TransferOptions', 'save_image']
 
 LOG = logging.getLogger(__name__)
 
-PART_SUFFIX = '.part'
-STATE_SUFFIX = '.part.json'
 INVALID_SUFFIX = '.unverified'
+
 
 @dataclass
 class SavedImage:
@@ -72,9 +73,11 @@ class SavedImage:
     manifest: str
     checksum_file: str
     size: int
-    hash_algo: str | None
-    hash_value: str | None
-    sha256: str
+    #: the data's one hash (the checksum file's): Glance's
+    hash_algo: str
+    hash_value: str
+    #: False only for an image without any hash (``allow_unverified``)
+    verified: bool
     #: bytes already on disk from an earlier run (0: a fresh download)
     resumed_from: int
     #: transient errors retried in this run
@@ -83,37 +86,32 @@ class SavedImage:
     duration: float
     #: bytes received in this run per second of the run
     throughput: float
+    #: the key of an encrypted volume's image, saved with it (0600)
+    key_files: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> list[str]:
-        return [self.file, self.manifest, self.checksum_file]
+        return [self.file, self.manifest, self.checksum_file,
+                *self.key_files]
+
 
 # -- naming and state ------------------------------------------------------
 
 
-def _slug(text: str) -> str:
-    return re.sub(r'[^A-Za-z0-9_.-]+', '-', text).strip('-.')[:80] or 'image'
-
-
 def default_filename(record: Mapping[str, Any]) -> str:
     """``<name>-<first 8 of ID>.<disk format>`` (container format when not
-    bare)."""
-    image_id = str(record['id'])
-    name = record.get('name') or image_id
+    bare), every part reduced to a safe name (no ``/``, ``..``, leading
+    dot or control character, whatever the server returned)."""
+    image_id = backup_set.safe_name(record.get('id'), 'image')
+    name = backup_set.safe_name(record.get('name') or image_id, 'image')
     container = record.get('container_format')
     ext = (
         record.get('disk_format') or 'img'
         if container in (None, 'bare')
         else container
     )
-    return f'{_slug(str(name))}-{image_id[:8]}.{ext}'
-
-
-def _part_paths(final: str) -> tuple[str, str]:
-    directory, base = os.path.split(final)
-    part = os.path.join(directory, f'.{base}{PART_SUFFIX}')
-    state = os.path.join(directory, f'.{base}{STATE_SUFFIX}')
-    return part, state
+    safe_ext = backup_set.safe_name(ext, 'img', limit=16)
+    return f'{name}-{image_id[:8].strip(".-")}.{safe_ext}'
 
 
 def _state(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,35 +125,33 @@ def _state(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _read_state(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding='utf-8') as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+_HEX = re.compile(r'[0-9a-fA-F]{8,256}')
 
 
 def expected_hash(
     record: Mapping[str, Any], *, allow_unverified: bool = False
 ) -> transfer.Expected:
-    """Which hash to verify: os_hash_algo/os_hash_value, else md5."""
+    """Which hash to verify: os_hash_algo/os_hash_value, else md5 (an
+    algorithm this Python lacks, or a value that is not hex, counts as
+    none)."""
     size = record.get('size')
-    algo = record.get('os_hash_algo')
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        size = None
+    raw_algo = record.get('os_hash_algo')
+    algo = backup_set.hash_algorithm(raw_algo)
     value = record.get('os_hash_value')
-    if algo and value:
-        try:
-            hashlib.new(algo)
-            return transfer.Expected(algo, value, size)
-        except ValueError:
-            LOG.debug('hash algorithm %s not available here', algo)
-    if record.get('checksum'):
-        return transfer.Expected('md5', record['checksum'], size)
+    if algo and isinstance(value, str) and _HEX.fullmatch(value):
+        return transfer.Expected(algo, value.lower(), size)
+    if raw_algo:
+        LOG.debug('hash algorithm %r not usable here', raw_algo)
+    checksum = record.get('checksum')
+    if isinstance(checksum, str) and _HEX.fullmatch(checksum):
+        return transfer.Expected('md5', checksum.lower(), size)
     if allow_unverified:
         return transfer.Expected(None, None, size)
     raise errors.InvalidInput(
         f"Image {record.get('id')} has no hash this tool can verify "
-        f'(os_hash_algo={algo!r}, no md5 checksum); pass '
+        f'(os_hash_algo={raw_algo!r}, no md5 checksum); pass '
         '--allow-unverified to download it anyway.'
     )
 
@@ -234,7 +230,7 @@ def _resolve_target(
         as_file = not os.path.isdir(path)
     if not as_file:
         try:
-            os.makedirs(path, exist_ok=True)
+            backup_set.make_dirs(path)
         except OSError as exc:
             raise errors.InvalidInput(
                 f"Cannot create directory '{path}': {exc.strerror}."
@@ -249,7 +245,6 @@ def _resolve_target(
     return path
 
 
-
 def save_image(
     conn: Any,
     image: Any,
@@ -260,6 +255,7 @@ def save_image(
     keep_partial: bool = False,
     resume: bool = True,
     allow_unverified: bool = False,
+    with_key: bool | None = None,
     reporter: Reporter | None = None,
     options: TransferOptions | None = None,
 ) -> SavedImage:
@@ -269,19 +265,23 @@ def save_image(
     :param image: name, ID or ``openstack.image.v2.image.Image``.
     :param target: a directory (the file is named after the image) or,
         with ``as_file=True`` or when it is not an existing directory, the
-        data file's path. The manifest and checksum file go next to it.
+        data file's path. The other files of the set go next to it.
     :param overwrite: replace an existing backup set of that name.
     :param keep_partial: on a hash mismatch keep the data as
         ``<file>.unverified`` instead of deleting it.
-    :param resume: continue a partial download of the same image (same ID
-        and hash) left by an earlier run.
+    :param resume: continue what an earlier run for the same image (same
+        ID and hash) left.
     :param allow_unverified: download an image that has no hash at all.
+    :param with_key: the key of an encrypted volume's image
+        (``cinder_encryption_key_id``) is saved in the set: True, it must
+        be (else nothing is downloaded); None, when it can be read (else
+        a warning); False, never.
     :raises errors.InvalidInput: nothing was downloaded (bad image, no
         space, the file exists...).
     :raises HashMismatch: the data did not verify; nothing is left under
         the final name.
-    :raises errors.BackupError: the download failed; a partial file is
-        kept for the next run to resume.
+    :raises errors.BackupError: the download failed; what it got is kept
+        for the next run to resume.
     """
     reporter = reporter or NullReporter()
     options = options or TransferOptions()
@@ -298,119 +298,180 @@ def save_image(
             'images can be saved.'
         )
     expected = expected_hash(record, allow_unverified=allow_unverified)
+    algo = expected.algorithm or backup_set.DEFAULT_ALGO
     final = _resolve_target(target, as_file, record)
-    directory = os.path.dirname(final)
-    set_files = [
+    writer = backup_set.SetWriter(final)
+    try:
+        state = _state(record)
+        if writer.open(create=False) and writer.read_state() == state:
+            cname = os.path.basename(backup_set.checksum_path(final, algo))
+            if resume and writer.has(cname):
+                reporter.step(
+                    f"Finishing the backup set in '{writer.path}'"
+                )
+                return _finish_sealed(
+                    writer, algo, overwrite=overwrite, image_id=image_id,
+                    started=started, options=options, reporter=reporter,
+                )
+        if not overwrite:
+            _refuse_existing(writer, final)
+        key_files = _key_files(conn, record, final, with_key, reporter)
+        writer.open(create=True)
+        if not (resume and writer.read_state() == state):
+            writer.clear()
+            writer.write_state(state)
+        got, size = _receive(
+            conn, record, writer, expected, algo,
+            resume=resume, overwrite=overwrite, keep_partial=keep_partial,
+            reporter=reporter, options=options,
+        )
+        value = expected.value or got.digests[algo]
+        manifest = backup_set.build_manifest(
+            conn,
+            record,
+            data_file=writer.name,
+            size=size,
+            hash_algo=algo,
+            hash_value=value,
+            verified=expected.algorithm is not None,
+            started=started_wall,
+            finished=time.time(),
+        )
+        _seal(writer, manifest, key_files)
+        saved = _publish(writer, algo, overwrite=overwrite,
+                         reporter=reporter)
+    finally:
+        writer.close()
+    duration = options.clock() - started
+    saved.resumed_from = got.resumed_from
+    saved.retries = got.retries
+    saved.duration = duration
+    saved.throughput = got.received / duration if duration > 0 else 0.0
+    return saved
+
+
+def _refuse_existing(writer: backup_set.SetWriter, final: str) -> None:
+    """Nothing of a set may be at the final names without --overwrite."""
+    names = [
         final,
         backup_set.manifest_path(final),
-        backup_set.checksum_path(final),
+        *backup_set.checksum_candidates(final),
+        *secrets.key_paths(final).values(),
     ]
-    if not overwrite:
-        existing = [p for p in set_files if os.path.lexists(p)]
-        if existing:
-            raise errors.InvalidInput(
-                f"'{existing[0]}' already exists: pass --overwrite to "
-                'replace it, or choose another --file/--dir.'
-            )
-    part, state_path = _part_paths(final)
+    existing = [p for p in names if os.path.lexists(p)]
+    if not existing:
+        return
+    if writer.fd is not None and set(writer.entries()) <= {
+        backup_set.STATE_FILE
+    }:
+        writer.discard()  # what a finished run left: nothing to resume
+    raise errors.InvalidInput(
+        f"'{existing[0]}' already exists: pass --overwrite to replace it, "
+        'or choose another --file/--dir.'
+    )
 
-    # open (or create) the partial file and lock it against a second run
-    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+
+def _key_files(
+    conn: Any,
+    record: Mapping[str, Any],
+    final: str,
+    with_key: bool | None,
+    reporter: Reporter,
+) -> dict[str, bytes]:
+    """The key files of an encrypted volume's image, read before anything
+    is downloaded."""
+    key_id = record.get(secrets.IMAGE_KEY_ID)
+    if not key_id or with_key is False:
+        return {}
+    reporter.step(f'Reading key {key_id} of image {record["id"]}')
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise errors.InvalidInput(
-                f"Another download is writing '{part}'."
-            ) from None
-        offset = 0
-        state = _state(record)
-        if resume and _read_state(state_path) == state:
-            offset = os.fstat(fd).st_size
-            if expected.size is not None and offset > expected.size:
-                offset = 0
-            elif expected.size is None or offset < expected.size:
-                # continue on a block boundary, so O_DIRECT stays usable
-                offset -= offset % transfer.DIRECT_ALIGN
+        return secrets.image_key_files(
+            conn, str(key_id), os.path.basename(final)
+        )
+    except errors.BackupError as exc:
+        if with_key:
+            raise errors.BackupError(
+                f'The key {key_id} of image {record["id"]} cannot be read: '
+                f'{exc} Without it the data is useless; nothing was '
+                'downloaded.'
+            ) from exc
+        reporter.warn(
+            f'image {record["id"]} holds encrypted (LUKS) data, but its key '
+            f'{key_id} cannot be read ({exc}): the set is saved without '
+            'it. Save the key with: openstack backup secret save '
+            f'{key_id} --file {final}{secrets.KEY_SUFFIX}'
+        )
+        return {}
+
+
+def _receive(
+    conn: Any,
+    record: Mapping[str, Any],
+    writer: backup_set.SetWriter,
+    expected: transfer.Expected,
+    algo: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    keep_partial: bool,
+    reporter: Reporter,
+    options: TransferOptions,
+) -> tuple[transfer.Received, int]:
+    """The verified, fsynced data in the partial directory: (what the
+    transfer did, the data's size)."""
+    fd = writer.open_data(resume=resume)
+    try:
+        offset = os.fstat(fd).st_size
+        if expected.size is not None and offset > expected.size:
+            offset = 0
+        elif expected.size is None or offset < expected.size:
+            # continue on a block boundary, so O_DIRECT stays usable
+            offset -= offset % transfer.DIRECT_ALIGN
         if expected.size is not None:
             try:
-                backup_set.check_free_space(directory, expected.size - offset)
+                backup_set.check_free_space(
+                    writer.directory, expected.size - offset
+                )
             except errors.InvalidInput:
                 if offset == 0:
-                    _remove(part, state_path)
+                    os.close(fd)
+                    fd = -1
+                    writer.discard()
                 raise
         if offset == 0:
             os.ftruncate(fd, 0)
-            backup_set.write_atomic(
-                state_path, json.dumps(state).encode()
-            )
         got = _download(
-            conn,
-            image_id,
-            record,
-            fd,
-            offset,
-            expected,
-            final=final,
-            part=part,
-            state_path=state_path,
-            keep_partial=keep_partial,
-            reporter=reporter,
-            options=options,
+            conn, record, writer, fd, offset, expected, algo=algo,
+            overwrite=overwrite, keep_partial=keep_partial,
+            reporter=reporter, options=options,
         )
+        return got, os.fstat(fd).st_size
     finally:
-        os.close(fd)
-
-    manifest = backup_set.build_manifest(
-        conn,
-        record,
-        data_file=os.path.basename(final),
-        size=os.path.getsize(final),
-        hash_algo=expected.algorithm,
-        hash_value=expected.value,
-        sha256=got.digests['sha256'],
-        started=started_wall,
-        finished=time.time(),
-    )
-    mpath, cpath = backup_set.write_set(final, manifest)
-    duration = options.clock() - started
-    return SavedImage(
-        image_id=image_id,
-        name=record.get('name'),
-        file=final,
-        manifest=mpath,
-        checksum_file=cpath,
-        size=manifest['data']['size'],
-        hash_algo=expected.algorithm,
-        hash_value=expected.value,
-        sha256=got.digests['sha256'],
-        resumed_from=got.resumed_from,
-        retries=got.retries,
-        duration=duration,
-        throughput=got.received / duration if duration > 0 else 0.0,
-    )
+        if fd >= 0:
+            os.close(fd)
 
 
 def _download(
     conn: Any,
-    image_id: str,
     record: Mapping[str, Any],
+    writer: backup_set.SetWriter,
     fd: int,
     offset: int,
     expected: transfer.Expected,
     *,
-    final: str,
-    part: str,
-    state_path: str,
+    algo: str,
+    overwrite: bool,
     keep_partial: bool,
     reporter: Reporter,
     options: TransferOptions,
 ) -> transfer.Received:
-    """Download, verify, fsync and rename."""
-    algorithms = ['sha256']
-    if expected.algorithm and expected.algorithm != 'sha256':
-        algorithms.insert(0, expected.algorithm)
+    """Download and verify (one hash: ``algo``), fsync."""
+    image_id = str(record['id'])
     cleanup = Cleanup(reporter)  # turns SIGINT/SIGTERM into an exception
+    kept = (
+        f"The partial download is kept in '{writer.path}'; run the same "
+        'command again to resume it.'
+    )
     try:
         with cleanup.guard():
             try:
@@ -420,65 +481,162 @@ def _download(
                     fd,
                     offset,
                     expected,
-                    algorithms=algorithms,
+                    algorithms=[algo],
                     label=record.get('name') or image_id,
                     what=f'image {image_id}',
                     reporter=reporter,
                     options=options,
                 )
             except HashMismatch as exc:
-                _discard(part, state_path, final, keep_partial, reporter)
+                _discard(writer, keep_partial, overwrite, reporter)
                 raise HashMismatch(
                     f'Image {image_id} did not verify: got {exc.got}, Glance '
                     f'recorded {expected.algorithm} {expected.value}. The '
                     'data is corrupt (in the cloud or on the way); nothing '
-                    f"was saved as '{final}'.",
+                    f"was saved as '{writer.final}'.",
                     got=exc.got,
                 ) from None
             reporter.step('Verified; flushing to disk')
             os.fsync(fd)
-            os.replace(part, final)
-            backup_set.fsync_dir(os.path.dirname(final))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(state_path)
     except KeyboardInterrupt:
-        if os.path.exists(part):
-            reporter.note(
-                f"Interrupted: the partial download is kept in '{part}'; "
-                'run the same command again to resume it.'
-            )
+        reporter.note(f'Interrupted. {kept}')
         raise
     except HashMismatch:
         raise
     except errors.BackupError as exc:
-        if os.path.exists(part) and not isinstance(exc, errors.InvalidInput):
-            raise errors.BackupError(
-                f"{exc}\nThe partial download is kept in '{part}'; run the "
-                'same command again to resume it.'
-            ) from exc
+        if not isinstance(exc, errors.InvalidInput):
+            raise errors.BackupError(f'{exc}\n{kept}') from exc
         raise
     return received
 
 
-def _remove(*paths: str) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+def _seal(
+    writer: backup_set.SetWriter,
+    manifest: Mapping[str, Any],
+    key_files: Mapping[str, bytes],
+) -> None:
+    """Key files, manifest and, last, the checksum file (which lists them
+    all) into the partial directory: from then on the set is complete."""
+    data = manifest['data']
+    algo = data['hash_algo']
+    blob = backup_set.manifest_bytes(manifest)
+    lines = backup_set.checksum_line(data['hash_value'], data['file'])
+    for name, content in key_files.items():
+        writer.put(name, content)
+        lines += backup_set.checksum_line(
+            hashlib.new(algo, content).hexdigest(), name
+        )
+    mname = os.path.basename(backup_set.manifest_path(writer.final))
+    writer.put(mname, blob)
+    lines += backup_set.checksum_line(
+        hashlib.new(algo, blob).hexdigest(), mname
+    )
+    writer.put(data['checksum_file'], lines.encode())
+
+
+def _publish(
+    writer: backup_set.SetWriter,
+    algo: str,
+    *,
+    overwrite: bool,
+    reporter: Reporter,
+) -> SavedImage:
+    """Rename a sealed set into place; what it holds."""
+    cpath = backup_set.checksum_path(writer.final, algo)
+    cname = os.path.basename(cpath)
+    blob = writer.read(cname)
+    try:
+        listed = backup_set.parse_checksum_file((blob or b'').decode())
+    except (ValueError, UnicodeDecodeError):
+        listed = {}
+    mpath = backup_set.manifest_path(writer.final)
+    mname = os.path.basename(mpath)
+    if writer.name not in listed or mname not in listed:
+        raise errors.BackupError(
+            f"'{writer.shown(cname)}' is damaged: remove '{writer.path}' and "
+            'run the command again.'
+        )
+    keys = [n for n in secrets.key_paths(writer.name).values()
+            if n in listed]
+    members = [
+        (writer.part, writer.final),
+        *((n, os.path.join(writer.directory, n)) for n in keys),
+        (mname, mpath),
+        (cname, cpath),
+    ]
+
+    def verify(path: str, name: str) -> bool:
+        final_name = writer.name if name == writer.part else name
+        want = listed.get(final_name)
+        return want is not None and backup_set.file_digest(
+            path, algo
+        ) == want
+
+    manifest_blob = writer.read(mname)
+    if manifest_blob is None:  # renamed already: read it in place
+        with open(mpath, 'rb') as f:
+            manifest_blob = f.read(backup_set.MANIFEST_LIMIT)
+    manifest = json.loads(manifest_blob)
+    reporter.step(f"Renaming the backup set into place from '{writer.path}'")
+    writer.publish(members, overwrite=overwrite, verify=verify)
+    data = manifest['data']
+    return SavedImage(
+        image_id=str(manifest['image']['id']),
+        name=manifest['image'].get('name'),
+        file=writer.final,
+        manifest=mpath,
+        checksum_file=cpath,
+        size=int(data['size']),
+        hash_algo=algo,
+        hash_value=str(data['hash_value']),
+        verified=data.get('verified_algo') is not None,
+        resumed_from=0,
+        retries=0,
+        duration=0.0,
+        throughput=0.0,
+        key_files=[os.path.join(writer.directory, n) for n in keys],
+    )
+
+
+def _finish_sealed(
+    writer: backup_set.SetWriter,
+    algo: str,
+    *,
+    overwrite: bool,
+    image_id: str,
+    started: float,
+    options: TransferOptions,
+    reporter: Reporter,
+) -> SavedImage:
+    """An earlier run wrote the whole set but was stopped while renaming
+    it into place: finish that."""
+    saved = _publish(writer, algo, overwrite=overwrite, reporter=reporter)
+    if saved.image_id != image_id:
+        raise errors.BackupError(  # pragma: no cover - state said so
+            f"'{writer.path}' held another image."
+        )
+    saved.resumed_from = saved.size
+    saved.duration = options.clock() - started
+    return saved
 
 
 def _discard(
-    part: str,
-    state_path: str,
-    final: str,
+    writer: backup_set.SetWriter,
     keep_partial: bool,
+    overwrite: bool,
     reporter: Reporter,
 ) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(state_path)
+    """After a mismatch: nothing stays but, if asked, the data as
+    ``<file>.unverified``."""
     if keep_partial:
-        kept = final + INVALID_SUFFIX
-        os.replace(part, kept)
-        reporter.note(f"The unverified data is kept in '{kept}'.")
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(part)
+        kept = writer.final + INVALID_SUFFIX
+        try:
+            writer.publish_one(writer.part, kept, overwrite=overwrite)
+        except FileExistsError:
+            reporter.note(
+                f"'{kept}' exists: the unverified data is not kept (pass "
+                '--overwrite to replace it).'
+            )
+        else:
+            reporter.note(f"The unverified data is kept in '{kept}'.")
+    writer.discard()

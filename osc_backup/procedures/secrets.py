@@ -48,6 +48,7 @@ from typing import Any, BinaryIO
 
 from openstack import exceptions as sdk_exc
 
+from osc_backup.common import backup_set
 from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common.progress import NullReporter, Reporter
@@ -58,9 +59,10 @@ TEXT_PLAIN = 'text/plain'
 FORMAT = 'osc-backup-secret'
 FORMAT_VERSION = 1
 
-#: suffixes of the files saved next to a backup image's data file
-KEY_SUFFIX = '.key'
-PASSPHRASE_SUFFIX = '.key.luks-passphrase'  # noqa: S105 (a file name)
+#: suffixes of the files saved next to a backup image's data file (the
+#: backup-set layout owns them)
+KEY_SUFFIX = backup_set.KEY_SUFFIX
+PASSPHRASE_SUFFIX = backup_set.PASSPHRASE_SUFFIX
 METADATA_SUFFIX = '.metadata.json'
 
 #: what a file written by :func:`save_secret` holds
@@ -76,6 +78,8 @@ _UUID = re.compile(
 IMAGE_KEY_ID = 'cinder_encryption_key_id'
 IMAGE_KEY_POLICY = 'cinder_encryption_key_deletion_policy'
 ON_IMAGE_DELETION = 'on_image_deletion'
+#: the policy of an image holding a key the command did not create
+DO_NOT_DELETE = 'do_not_delete'
 
 LEGACY_NOTE = (
     'Volumes created by old releases may use the "mangled" passphrase '
@@ -394,72 +398,57 @@ def key_paths(data_path: str) -> dict[str, str]:
     return {
         PAYLOAD: data_path + KEY_SUFFIX,
         PASSPHRASE: data_path + PASSPHRASE_SUFFIX,
-        'metadata': data_path + KEY_SUFFIX + METADATA_SUFFIX,
+        'metadata': data_path + backup_set.KEY_METADATA_SUFFIX,
     }
 
 
-def save_image_key(
-    conn: Any, key_id: str, data_path: str
-) -> list[str]:
-    """Save the key of an encrypted volume's image next to its data file:
-    the payload, the LUKS passphrase and the metadata (all 0600).
-
-    :returns: the paths written.
+def image_key_files(
+    conn: Any, key_id: str, data_name: str
+) -> dict[str, bytes]:
+    """The key of an encrypted volume's image, as the files of its backup
+    set: {file name: content} for the payload, the LUKS passphrase and the
+    metadata (:func:`key_paths` of ``data_name``). Nothing is written.
     """
-    paths = key_paths(data_path)
-    for path in paths.values():
-        if os.path.lexists(path):
-            raise errors.InvalidInput(
-                f"'{path}' exists: osc-backup never overwrites a secret "
-                'file; move it away first.'
-            )
+    names = {k: os.path.basename(v) for k, v in key_paths(data_name).items()}
     meta = find_secret(conn, key_id)
     payload, fetched_as = fetch_payload(conn, meta)
-    written: list[str] = []
-    try:
-        write_private(paths[PAYLOAD], payload)
-        written.append(paths[PAYLOAD])
-        write_private(paths[PASSPHRASE], luks_passphrase(payload))
-        written.append(paths[PASSPHRASE])
-        doc = build_metadata(
-            meta, written=PAYLOAD, fetched_as=fetched_as,
-            files={
-                PAYLOAD: os.path.basename(paths[PAYLOAD]),
-                PASSPHRASE: os.path.basename(paths[PASSPHRASE]),
-                'data': os.path.basename(data_path),
-            },
-        )
-        doc['image_property'] = IMAGE_KEY_ID
-        write_private(paths['metadata'], _json(doc))
-        written.append(paths['metadata'])
-    except BaseException:
-        for path in written:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        raise
-    return written
+    doc = build_metadata(
+        meta, written=PAYLOAD, fetched_as=fetched_as,
+        files={
+            PAYLOAD: names[PAYLOAD],
+            PASSPHRASE: names[PASSPHRASE],
+            'data': os.path.basename(data_name),
+        },
+    )
+    doc['image_property'] = IMAGE_KEY_ID
+    return {
+        names[PAYLOAD]: payload,
+        names[PASSPHRASE]: luks_passphrase(payload),
+        names['metadata']: _json(doc),
+    }
 
 
-def load_image_key(data_path: str) -> tuple[bytes, dict[str, Any]] | None:
-    """The key saved with a backup set (payload, metadata), if any."""
-    paths = key_paths(data_path)
-    if not os.path.exists(paths[PAYLOAD]):
-        return None
+def parse_image_key(
+    payload: bytes, metadata: bytes, origin: str
+) -> tuple[bytes, dict[str, Any]]:
+    """The key saved with a backup set: (payload, its metadata document).
+
+    :raises errors.InvalidInput: the metadata is not ours.
+    """
     try:
-        with open(paths[PAYLOAD], 'rb') as f:
-            payload = f.read()
-        with open(paths['metadata'], encoding='utf-8') as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as exc:
+        doc = json.loads(metadata)
+    except ValueError as exc:
         raise errors.InvalidInput(
-            f"Cannot read the key saved with '{data_path}': {exc}"
+            f"Cannot read the key metadata of '{origin}': {exc}"
         ) from None
     if not isinstance(doc, dict) or doc.get('format') != FORMAT:
         raise errors.InvalidInput(
-            f"'{paths['metadata']}' is not an osc-backup secret metadata "
-            'file.'
+            f"The key metadata of '{origin}' is not an osc-backup secret "
+            'metadata file.'
+        )
+    if not isinstance(doc.get('secret') or {}, dict):
+        raise errors.InvalidInput(
+            f"The key metadata of '{origin}' has no secret description."
         )
     return payload, doc
 

@@ -570,9 +570,11 @@ def backup_volume_via_image(
     if opts.download is not None:
         # Outside the cleanup guard: the image is a complete backup now; a
         # failed download must not delete it.
-        files = download_image(conn, image.id, opts.download, reporter)
+        files = download_image(
+            conn, image.id, opts.download, reporter, with_key=bool(key_id)
+        )
         if key_id:
-            files += _save_key(conn, image.id, key_id, files[0], reporter)
+            _note_saved_key(key_id, files[0], reporter)
         result['files'] = files
         result['duration'] = round(time.monotonic() - started, 1)
     elif key_id:
@@ -596,38 +598,26 @@ def image_key_id(image: Any) -> str | None:
     return str(value) if value else None
 
 
-def _save_key(
-    conn: Any, image_id: str, key_id: str, data_file: str,
-    reporter: Reporter,
-) -> list[str]:
-    """Save the image's key next to its downloaded data (0600 files)."""
-    reporter.step(f'Saving key {key_id} of image {image_id}')
-    try:
-        files = secrets.save_image_key(conn, key_id, data_file)
-    except errors.BackupError as exc:
-        raise errors.BackupError(
-            f'The backup image {image_id} is active and downloaded to '
-            f'{data_file}, but its key {key_id} could not be saved: {exc} '
-            f'Save it with: openstack backup secret save {key_id} --file '
-            f'{data_file}{secrets.KEY_SUFFIX}'
-        ) from exc
+def _note_saved_key(key_id: str, data_file: str, reporter: Reporter) -> None:
+    """The key was saved in the set (0600 files): say where."""
     reporter.note(
         f'Saved key {key_id} with the image (mode 0600): '
         f'{data_file}{secrets.KEY_SUFFIX} (the key) and '
         f'{data_file}{secrets.PASSPHRASE_SUFFIX} (the LUKS passphrase, '
         "for 'cryptsetup open --key-file'). Keep them as safe as the data."
     )
-    return files
 
 
 def download_image(
-    conn: Any, image_id: str, directory: str, reporter: Reporter
+    conn: Any, image_id: str, directory: str, reporter: Reporter,
+    *, with_key: bool | None = None,
 ) -> list[str]:
-    """Save the image as a backup set; the one download path."""
+    """Save the image as a backup set (with its key when ``with_key``);
+    the one download path."""
     reporter.step(f'Downloading image {image_id} into {directory}')
     try:
         saved = image_save.save_image(
-            conn, image_id, directory, reporter=reporter
+            conn, image_id, directory, with_key=with_key, reporter=reporter
         )
     except errors.BackupError as exc:
         raise errors.BackupError(

@@ -34,7 +34,7 @@ SAVE_COLUMNS = (
     'size',
     'hash_algo',
     'hash_value',
-    'sha256',
+    'verified',
     'manifest',
     'checksum_file',
     'resumed_from',
@@ -76,13 +76,19 @@ def _positive_int(text: str) -> int:
 class SaveImage(command.ShowOne):
     _description = _(
         "Download an image into a verified local backup set\n\n"
-        "The data is streamed to a temporary file in the target folder and "
-        "checked against the hash Glance recorded (os_hash_algo/"
-        "os_hash_value, else the md5 checksum) while it arrives; only a "
-        "verified, fsynced file is renamed to its final name. Next to it go "
+        "The set is written in a hidden .<file>.partial directory in the "
+        "target folder: the data, checked against the hash Glance recorded "
+        "(os_hash_algo/os_hash_value, else the md5 checksum) while it "
+        "arrives, the key of an encrypted volume's image when it can be "
+        "read, the manifest and the checksum file, all fsynced; only then "
+        "are they renamed to their final names. Next to the data go "
         "<file>.manifest.json (the image's formats, properties and hashes, "
-        "for 'backup image restore') and <file>.sha256, which "
-        "'sha256sum -c' checks without osc-backup.\n\n"
+        "for 'backup image restore') and <file>.<algo> (e.g. "
+        "<file>.sha512: Glance's hash of the data, and the manifest's), "
+        "which '<algo>sum -c' checks without osc-backup. Files are created "
+        "mode 0600, new directories 0700; an existing file is only "
+        "replaced with --overwrite, never written through a symbolic "
+        "link.\n\n"
         "An interrupted download is resumed by running the same command "
         "again; transient network errors are retried."
     )
@@ -148,7 +154,7 @@ class SaveImage(command.ShowOne):
             action='store_true',
             help=_(
                 'Save an image that has no hash at all (it cannot be '
-                'verified; the sha256 of what arrived is still recorded)'
+                'verified; the sha512 of what arrived is recorded)'
             ),
         )
         return parser
@@ -182,7 +188,7 @@ class SaveImage(command.ShowOne):
             'size': saved.size,
             'hash_algo': saved.hash_algo,
             'hash_value': saved.hash_value,
-            'sha256': saved.sha256,
+            'verified': saved.verified,
             'manifest': saved.manifest,
             'checksum_file': saved.checksum_file,
             'resumed_from': saved.resumed_from,
@@ -198,9 +204,17 @@ class RestoreImage(command.ShowOne):
         "Upload a saved backup set back to the Image service\n\n"
         "The image gets the recorded disk and container format, min_disk, "
         "min_ram, tags and properties (not those Glance sets itself, such "
-        "as id, owner, status or hashes). The data file is checked against "
-        "its manifest while it is uploaded, and the hash Glance computes "
-        "against the one recorded; on a mismatch the new image is deleted."
+        "as id, owner, status or hashes). Before anything is created the "
+        "set is validated (manifest format and fields, file names inside "
+        "the set's directory, checksum file) and the data file checked "
+        "against it; a bad set is one error and nothing is created. The "
+        "hash Glance computes is compared with the one recorded; on a "
+        "mismatch the new image is deleted.\n\n"
+        "The key of an encrypted volume's image is stored again in "
+        "Barbican (a new ID) and deleted with the image. A key given with "
+        "--property cinder_encryption_key_id=<secret> is used as it is and "
+        "the image gets cinder_encryption_key_deletion_policy="
+        "do_not_delete: deleting the image never deletes it."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:

@@ -8,7 +8,10 @@ the downloaded image must open with the saved passphrase and the saved key
 must be the image's own (cloned, different ID) key. The set is restored
 (``backup image restore``: the key is stored again under a new ID, and
 the image points at it) and made into a volume again
-(``backup volume restore``), whose bytes must equal the original's.
+(``backup volume restore``), whose bytes must equal the original's. A
+restore given the volume's own key (``--property
+cinder_encryption_key_id=``) must leave that key alone when the restored
+image is deleted.
 """
 
 import binascii
@@ -150,12 +153,33 @@ class EncryptedVolumeTestCase(base.FunctionalTestCase):
                          restored['previous_encryption_key_id'])
         self.assertEqual(key, self.payload(new_key_id))
 
-        # a set saved by 'backup image save' has no key file: in the same
-        # cloud the recorded secret is copied (a new ID again)
+        # -- the issue's report: a set restored with the live volume's own
+        # key must not let the image (or its deletion) delete that key
+        given, stderr = self.backup_cmd(
+            'image', 'restore', data, '--property',
+            f'cinder_encryption_key_id={vol_key_id}')
+        self.addCleanup(self.delete_image, given['image_id'])
+        props = self.conn.image.get_image(given['image_id']).properties
+        self.assertEqual(vol_key_id, props['cinder_encryption_key_id'])
+        self.assertEqual('do_not_delete',
+                         props['cinder_encryption_key_deletion_policy'])
+        self.assertIsNone(given['encryption_key_id'])  # nothing stored
+        self.assertIn('do_not_delete', stderr)
+        self.conn.image.delete_image(given['image_id'])
+        self.assertIsNone(self.conn.image.find_image(given['image_id']))
+        # the live volume's key survives the deletion of the image
+        self.assertEqual(key, self.payload(vol_key_id))
+
+        # 'backup image save' saves the key in the set too (it can read
+        # it); without the key files, in the same cloud the recorded
+        # secret is copied (a new ID again)
         plain_dir = os.path.join(self.tmp, 'plain')
         saved, _ = self.backup_cmd('image', 'save', '--dir', plain_dir,
                                    result['image_id'])
-        self.assertFalse(os.path.exists(saved['file'] + '.key'))
+        with open(saved['file'] + '.key', 'rb') as f:
+            self.assertEqual(key, f.read())
+        for suffix in ('.key', '.key.luks-passphrase', '.key.metadata.json'):
+            os.unlink(saved['file'] + suffix)
         copied, stderr = self.backup_cmd('image', 'restore', saved['file'])
         self.addCleanup(self.delete_image, copied['image_id'])
         self.assertIn(f'Barbican secret {image_key_id}', stderr)

@@ -84,14 +84,15 @@ class TestSaveRestore(ImageTestCase):
     def test_save_restore_save_all_hashes_equal(self):
         image, sha256 = self.make_image(24)
         saved = self.save(image['id'], '--dir', self.dir)
-        self.assertEqual(sha256, saved['sha256'])
         self.assertEqual(sha256, self.sha256_file(saved['file']))
+        self.assertTrue(saved['verified'])
         self.assertEqual(prop(image, 'os_hash_value'), saved['hash_value'])
         self.assertEqual(prop(image, 'os_hash_algo'), saved['hash_algo'])
         self.assertEqual(24 * MiB, saved['size'])
         self.assertEqual(0, saved['resumed_from'])
-        # the checksum file works without our tool
-        p = subprocess.run(['sha256sum', '-c',
+        # one checksum file, Glance's algorithm, works without our tool
+        self.assertEqual(saved['file'] + '.sha512', saved['checksum_file'])
+        p = subprocess.run(['sha512sum', '-c',
                             os.path.basename(saved['checksum_file'])],
                            cwd=self.dir, capture_output=True, text=True)
         self.assertEqual(0, p.returncode, p.stdout + p.stderr)
@@ -105,6 +106,9 @@ class TestSaveRestore(ImageTestCase):
         self.assertEqual('minicloud', manifest['source']['cloud'])
         self.assertEqual('RegionOne', manifest['source']['region'])
         self.assertTrue(manifest['source']['project_id'])
+        # user data: 0600 files
+        for key in ('file', 'manifest', 'checksum_file'):
+            self.assertEqual(0o600, os.stat(saved[key]).st_mode & 0o777)
         # no temporary files left
         self.assertEqual(
             sorted(os.path.basename(saved[k])
@@ -134,7 +138,6 @@ class TestSaveRestore(ImageTestCase):
 
         again = os.path.join(self.dir, 'again')
         saved2 = self.save(restored['image_id'], '--dir', again)
-        self.assertEqual(sha256, saved2['sha256'])
         self.assertEqual(saved['hash_value'], saved2['hash_value'])
         self.assertEqual(sha256, self.sha256_file(saved2['file']))
 
@@ -149,7 +152,8 @@ class TestSaveRestore(ImageTestCase):
         with open(target) as f:
             self.assertEqual('keep me', f.read())
         saved = self.save(image['id'], '--file', target, '--overwrite')
-        self.assertEqual(saved['sha256'], self.sha256_file(target))
+        self.assertEqual(prop(image, 'os_hash_value'), saved['hash_value'])
+        self.assertEqual(1 * MiB, os.path.getsize(target))
 
         # an image without data (the CLI would upload its empty stdin)
         conn = sdk_connection()
@@ -171,7 +175,7 @@ class TestResume(ImageTestCase):
     def test_killed_download_resumes_and_verifies(self):
         image, sha256 = self.make_image(512)
         target = os.path.join(self.dir, 'big.raw')
-        part = os.path.join(self.dir, '.big.raw.part')
+        part = os.path.join(self.dir, '.big.raw.partial', 'big.raw.part')
         proc = subprocess.Popen(
             [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
              'image', 'save', image['id'], '--file', target],
@@ -199,15 +203,14 @@ class TestResume(ImageTestCase):
         saved = self.save(image['id'], '--file', target)
         self.assertGreater(saved['resumed_from'], 0)
         self.assertLessEqual(saved['resumed_from'], killed_at)
-        self.assertEqual(sha256, saved['sha256'])
         self.assertEqual(prop(image, 'os_hash_value'), saved['hash_value'])
         self.assertEqual(sha256, self.sha256_file(target))
-        self.assertFalse(os.path.exists(part))
+        self.assertFalse(os.path.exists(os.path.dirname(part)))
 
     def test_sigterm_keeps_partial_with_message(self):
         image, sha256 = self.make_image(512)
         target = os.path.join(self.dir, 'big.raw')
-        part = os.path.join(self.dir, '.big.raw.part')
+        part = os.path.join(self.dir, '.big.raw.partial', 'big.raw.part')
         proc = subprocess.Popen(
             [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
              'image', 'save', image['id'], '--file', target],
@@ -257,3 +260,59 @@ class TestCorruption(ImageTestCase):
         self.assertNotEqual(0, p.returncode)
         self.assertEqual(['bad.raw.unverified'], os.listdir(self.dir))
         self.assertEqual(8 * MiB, os.path.getsize(target + '.unverified'))
+
+
+class TestTrust(ImageTestCase):
+    """The issue's reported cases, on the real cloud."""
+
+    def images_named(self, name):
+        return [i for i in self.openstack(['image', 'list', '--name', name],
+                                          parse_output=True)]
+
+    def test_manifest_pointing_outside_the_set_refused(self):
+        image, _ = self.make_image(1)
+        sets = os.path.join(self.dir, 'set')
+        saved = self.save(image['id'], '--dir', sets)
+        # a file outside the set, which the forged manifest points at
+        outside = os.path.join(self.dir, 'outside.raw')
+        with open(outside, 'wb') as f:
+            f.write(b'not yours' * 1000)
+        with open(saved['manifest']) as f:
+            manifest = json.load(f)
+        manifest['data']['file'] = '../outside.raw'
+        with open(saved['manifest'], 'w') as f:
+            json.dump(manifest, f)
+        name = self.unique_name()
+        p = self.run_cli(['backup', 'image', 'restore', saved['manifest'],
+                          '--name', name])
+        self.assertNotEqual(0, p.returncode, p.stdout)
+        self.assertIn('data.file', p.stderr)
+        self.assertNotIn('Traceback', p.stderr)
+        self.assertEqual(1, len(p.stderr.strip().splitlines()), p.stderr)
+        self.assertEqual([], self.images_named(name))
+
+    def test_symlink_at_partial_name_not_written_through(self):
+        image, _ = self.make_image(2)
+        victim_dir = os.path.join(self.dir, 'victim')
+        os.mkdir(victim_dir)
+        victim = os.path.join(self.dir, 'victim.bin')
+        with open(victim, 'wb') as f:
+            f.write(b'precious')
+        target = os.path.join(self.dir, 'x.raw')
+        # the partial directory, and the partial name of earlier versions
+        os.symlink(victim_dir, os.path.join(self.dir, '.x.raw.partial'))
+        os.symlink(victim, os.path.join(self.dir, '.x.raw.part'))
+        p = self.save(image['id'], '--file', target, fail_ok=True)
+        self.assertNotEqual(0, p.returncode)
+        self.assertIn('symbolic link', p.stderr)
+        self.assertEqual([], os.listdir(victim_dir))
+        with open(victim, 'rb') as f:
+            self.assertEqual(b'precious', f.read())
+        self.assertFalse(os.path.exists(target))
+        # once removed, the same command works and the files are private
+        os.unlink(os.path.join(self.dir, '.x.raw.partial'))
+        saved = self.save(image['id'], '--file', target)
+        self.assertEqual(0o600, os.stat(target).st_mode & 0o777)
+        self.assertEqual(2 * MiB, saved['size'])
+        with open(victim, 'rb') as f:
+            self.assertEqual(b'precious', f.read())

@@ -83,7 +83,7 @@ class ServerBackupTestCase(base.FunctionalTestCase):
         path = os.path.join(self.tmp, image_id)
         self.openstack(['backup', 'image', 'save', '--file', path, image_id])
         sha = base.sha256_file(path)
-        for leftover in (path, path + '.manifest.json', path + '.sha256'):
+        for leftover in (path, path + '.manifest.json', path + '.sha512'):
             if os.path.exists(leftover):
                 os.unlink(leftover)
         return sha
@@ -134,13 +134,13 @@ class ServerBackupTestCase(base.FunctionalTestCase):
         # the downloaded backup sets hold exactly the bytes written
         files = result['files']
         data = [f for f in files if not f.endswith(
-            ('.json', '.sha256', '.key', '.luks-passphrase'))]
+            ('.json', '.sha512', '.key', '.luks-passphrase'))]
         self.assertEqual(2, len(data), files)
         self.assertEqual(disk_sha, base.sha256_file(data[0]))
         self.assertEqual(vol_sha, base.sha256_file(data[1]))
         for f in files:
-            if f.endswith('.sha256'):
-                subprocess.run(['sha256sum', '--quiet', '-c', f],
+            if f.endswith('.sha512'):
+                subprocess.run(['sha512sum', '--quiet', '-c', f],
                                cwd=os.path.dirname(f), check=True)
         # the server manifest ties it together
         with open(result['manifest']) as f:

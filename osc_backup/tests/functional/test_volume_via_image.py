@@ -128,7 +128,8 @@ class TestVolumeViaImage(VolumeViaImageTestCase):
         with open(manifest) as f:
             record = json.load(f)
         self.assertIn(result['image_id'], json.dumps(record))
-        check = subprocess.run(['sha256sum', '-c', os.path.basename(sums)],
+        algo = sums.rsplit('.', 1)[1]  # <data>.<algo>: Glance's hash
+        check = subprocess.run([f'{algo}sum', '-c', os.path.basename(sums)],
                                cwd=self.tmp, capture_output=True, text=True)
         self.assertEqual(0, check.returncode, check.stdout + check.stderr)
         # the attached volume is untouched, and nothing temporary is left

@@ -10,15 +10,17 @@ from openstack import exceptions as sdk_exc
 from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common.cleanup import Cleanup
-from osc_backup.common.progress import Reporter
 from osc_backup.common import backup_set
+from osc_backup.common.progress import Reporter
 from osc_backup.procedures import image_restore
+from osc_backup.procedures import image_save
 from osc_backup.procedures import secrets
 from osc_backup.procedures import volume_backup
 from osc_backup.procedures import volume_image
 from osc_backup.procedures import volume_restore
 from osc_backup.tests.unit import base
 from osc_backup.tests.unit import fakes
+from osc_backup.tests.unit import test_image_save
 from osc_backup.tests.unit import test_secret
 from osc_backup.tests.unit import test_volume_image
 
@@ -46,37 +48,32 @@ class TestViaImage(test_volume_image.ProcedureTestCase):
             self.err.getvalue())
         self.assertIn('useless without its key', self.err.getvalue())
 
-    def test_download_saves_key(self):
+    def test_download_saves_key_in_the_set(self):
         tmp = self.useFixture(fixtures.TempDir()).path
         data = os.path.join(tmp, 'img.raw')
+        saved = mock.Mock(files=[
+            data, data + '.manifest.json', data + '.sha512', data + '.key',
+            data + '.key.luks-passphrase', data + '.key.metadata.json'])
         with mock.patch.object(
-            volume_image, 'download_image',
-            return_value=[data, data + '.manifest.json', data + '.sha256'],
-        ), mock.patch.object(
-            secrets, 'save_image_key',
-            return_value=[data + '.key', data + '.key.luks-passphrase',
-                          data + '.key.metadata.json'],
-        ) as save_key, mock.patch(
-            'osc_backup.common.backup_set.check_free_space'):
+            image_save, 'save_image', return_value=saved,
+        ) as save, mock.patch(
+                'osc_backup.common.backup_set.check_free_space'):
             result = self.backup(download=tmp)
-        save_key.assert_called_once_with(self.conn, OLD_KEY, data)
+        self.assertTrue(save.call_args.kwargs['with_key'])
         self.assertEqual(6, len(result['files']))
         self.assertIn(data + '.key.luks-passphrase', result['files'])
         self.assertIn('Saved key', self.err.getvalue())
 
-    def test_key_save_failure_keeps_image(self):
+    def test_key_read_failure_keeps_image(self):
         tmp = self.useFixture(fixtures.TempDir()).path
-        data = os.path.join(tmp, 'img.raw')
         with mock.patch.object(
-            volume_image, 'download_image', return_value=[data],
-        ), mock.patch.object(
-            secrets, 'save_image_key',
-            side_effect=errors.BackupError('403.'),
+            image_save, 'save_image',
+            side_effect=errors.BackupError('The key cannot be read: 403.'),
         ), mock.patch('osc_backup.common.backup_set.check_free_space'):
             exc = self.assertRaises(
                 errors.BackupError, self.backup, download=tmp)
-        self.assertIn('active and downloaded', str(exc))
-        self.assertIn(f'secret save {OLD_KEY}', str(exc))
+        self.assertIn('is active and complete', str(exc))
+        self.assertIn('openstack backup image save', str(exc))
         self.image_proxy.delete_image.assert_not_called()
 
     def test_not_encrypted_unchanged(self):
@@ -127,28 +124,72 @@ class TestBackupKey(base.TestCase):
         self.bs.update_backup.assert_not_called()
 
 
-class TestImageSetKey(base.TestCase):
+class TestImageSetKey(test_image_save.DownloadTestCase):
+    """A set of an encrypted volume's image holds its key; restore reads
+    it from there (checked) or, failing that, copies the secret."""
+
     def setUp(self):
         super().setUp()
-        self.dir = self.useFixture(fixtures.TempDir()).path
-        self.data = os.path.join(self.dir, 'img.raw')
         self.fake = test_secret.FakeKM()
-        self.conn = mock.Mock(key_manager=self.fake.km)
-        self.manifest = {'glance_record': {
+        self.conn.key_manager = self.fake.km
+        self.rec = test_image_save.record(**{
             secrets.IMAGE_KEY_ID: OLD_KEY,
-            secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION}}
+            secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION})
+        self.adapter.register_uri(
+            'GET', f'{test_image_save.ENDPOINT}/images/'
+            f'{test_image_save.IMAGE_ID}', json=self.rec)
+        self.serve(self.whole())
         self.err = io.StringIO()
         self.reporter = Reporter(stream=self.err, progress=False)
 
+    def saved_set(self, **kwargs):
+        saved = self.save(**kwargs)
+        self.fake.km.get.reset_mock()
+        return saved, backup_set.load_set(saved.manifest)
+
+    def test_key_saved_in_the_set(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        saved, bs = self.saved_set()
+        names = ['img.raw.key', 'img.raw.key.luks-passphrase',
+                 'img.raw.key.metadata.json']
+        self.assertEqual([os.path.join(self.dir, n) for n in names],
+                         saved.key_files)
+        for path in saved.files:
+            self.assertEqual(0o600, os.stat(path).st_mode & 0o777)
+        for name in names:
+            self.assertIn(name, bs.checksums)
+        self.assertEqual(
+            sorted(['img.raw', 'img.raw.manifest.json', 'img.raw.sha512',
+                    *names]), self.listing())
+
+    def test_unreadable_key_fails_before_download_when_required(self):
+        self.fake.km.get.side_effect = None
+        self.fake.km.get.return_value = mock.Mock(status_code=403)
+        with mock.patch.object(
+            sdk_exc, 'raise_from_response',
+            side_effect=sdk_exc.ForbiddenException('no'),
+        ):
+            exc = self.assertRaises(errors.BackupError, self.save,
+                                    with_key=True)
+            self.assertIn('nothing was downloaded', str(exc))
+            self.assertEqual([], self.file_requests())
+            # image save (not required): a warning, the set without it
+            saved = self.save(reporter=self.reporter)
+        self.assertEqual([], saved.key_files)
+        self.assertIn('saved without it', self.err.getvalue())
+
     def test_not_encrypted(self):
-        self.assertIsNone(image_restore._key_to_restore(
-            self.conn, {'glance_record': {}}, self.data, {}))
+        self.rec.pop(secrets.IMAGE_KEY_ID)
+        self.adapter.register_uri(
+            'GET', f'{test_image_save.ENDPOINT}/images/'
+            f'{test_image_save.IMAGE_ID}', json=self.rec)
+        _, bs = self.saved_set()
+        self.assertIsNone(image_restore._key_to_restore(self.conn, bs, {}))
 
     def test_from_key_file(self):
-        secrets.save_image_key(self.conn, OLD_KEY, self.data)
-        self.fake.km.get.reset_mock()
-        key = image_restore._key_to_restore(
-            self.conn, self.manifest, self.data, {})
+        _, bs = self.saved_set()
+        key = image_restore._key_to_restore(self.conn, bs, {})
         self.assertEqual(test_secret.KEY, key.payload)
         self.fake.km.get.assert_not_called()
         body = {secrets.IMAGE_KEY_ID: OLD_KEY}
@@ -162,6 +203,7 @@ class TestImageSetKey(base.TestCase):
             'osc-backup-key-0123456789ab-of-db-image',
             self.fake.km.post.call_args.kwargs['json']['name'])
         self.assertEqual(NEW_KEY, body[secrets.IMAGE_KEY_ID])
+        image_restore.key_policy(body, new, self.reporter)
         self.assertEqual(secrets.ON_IMAGE_DELETION,
                          body[secrets.IMAGE_KEY_POLICY])
         self.assertIn(f'{OLD_KEY} -> {NEW_KEY}', self.err.getvalue())
@@ -170,13 +212,34 @@ class TestImageSetKey(base.TestCase):
         self.fake.km.delete_secret.assert_called_once_with(
             NEW_KEY, ignore_missing=True)
 
+    def test_tampered_key_file_refused(self):
+        saved, bs = self.saved_set()
+        with open(saved.key_files[0], 'r+b') as f:
+            f.write(b'X')
+        exc = self.assertRaises(errors.InvalidInput,
+                                image_restore._key_to_restore,
+                                self.conn, bs, {})
+        self.assertIn('does not match', str(exc))
+
+    def test_key_file_symlink_leaving_the_set_refused(self):
+        saved, bs = self.saved_set()
+        outside = os.path.join(os.path.dirname(self.dir), 'stolen.key')
+        os.rename(saved.key_files[0], outside)
+        self.addCleanup(os.unlink, outside)
+        os.symlink(outside, saved.key_files[0])
+        exc = self.assertRaises(errors.InvalidInput,
+                                image_restore._key_to_restore,
+                                self.conn, bs, {})
+        self.assertIn('leading out', str(exc))
+
     def test_copied_from_barbican_without_file(self):
-        key = image_restore._key_to_restore(
-            self.conn, self.manifest, self.data, {})
+        _, bs = self.saved_set(with_key=False)
+        key = image_restore._key_to_restore(self.conn, bs, {})
         self.assertEqual(test_secret.KEY, key.payload)
         self.assertIn('Barbican secret', key.origin)
 
     def test_no_key_anywhere_fails_before_anything(self):
+        _, bs = self.saved_set(with_key=False)
         self.fake.km.get.side_effect = None
         self.fake.km.get.return_value = mock.Mock(status_code=404)
         with mock.patch.object(
@@ -185,27 +248,109 @@ class TestImageSetKey(base.TestCase):
         ):
             exc = self.assertRaises(
                 errors.InvalidInput, image_restore._key_to_restore,
-                self.conn, self.manifest, self.data, {})
+                self.conn, bs, {})
         self.assertIn('useless', str(exc))
         self.fake.km.post.assert_not_called()
 
     def test_property_override_skips(self):
+        _, bs = self.saved_set()
         self.assertIsNone(image_restore._key_to_restore(
-            self.conn, self.manifest, self.data,
-            {secrets.IMAGE_KEY_ID: 'other'}))
+            self.conn, bs, {secrets.IMAGE_KEY_ID: 'other'}))
 
+
+class TestRestoreKeyPolicy(test_image_save.RestoreTestCase):
+    """A restored image never holds a key it did not create with
+    cinder_encryption_key_deletion_policy=on_image_deletion."""
+
+    RECORD = {secrets.IMAGE_KEY_ID: OLD_KEY,
+              secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION}
+    LIVE_KEY = 'eeeeeeee-0000-4000-8000-00000000000e'
+
+    def setUp(self):
+        self.fake = test_secret.FakeKM()
+        super().setUp()
+        self.err = io.StringIO()
+        self.reporter = Reporter(stream=self.err, progress=False)
+
+    def setup_conn(self):
+        self.conn.key_manager = self.fake.km
+
+    def restore(self, **properties):
+        return image_restore.restore_image(
+            self.conn, self.saved.manifest, properties=properties,
+            reporter=self.reporter)
+
+    def posted(self):
+        return next(h for h in self.adapter.request_history
+                    if h.method == 'POST').json()
+
+    def test_given_key_never_deleted_with_the_image(self):
+        # the issue's report: the live volume's own key given explicitly
+        self.restore(**{secrets.IMAGE_KEY_ID: self.LIVE_KEY})
+        body = self.posted()
+        self.assertEqual(self.LIVE_KEY, body[secrets.IMAGE_KEY_ID])
+        self.assertEqual(secrets.DO_NOT_DELETE,
+                         body[secrets.IMAGE_KEY_POLICY])
+        self.fake.km.post.assert_not_called()
+        self.assertIn(self.LIVE_KEY, self.err.getvalue())
+        self.assertIn(secrets.DO_NOT_DELETE, self.err.getvalue())
+
+    def test_given_policy_cannot_ask_to_delete_a_foreign_key(self):
+        self.restore(**{secrets.IMAGE_KEY_ID: self.LIVE_KEY,
+                        secrets.IMAGE_KEY_POLICY: secrets.ON_IMAGE_DELETION})
+        self.assertEqual(secrets.DO_NOT_DELETE,
+                         self.posted()[secrets.IMAGE_KEY_POLICY])
+
+    def test_key_this_command_stored_deleted_with_the_image(self):
+        r = self.restore()
+        body = self.posted()
+        self.assertEqual(NEW_KEY, body[secrets.IMAGE_KEY_ID])
+        self.assertEqual(NEW_KEY, r.encryption_key_id)
+        self.assertEqual(secrets.ON_IMAGE_DELETION,
+                         body[secrets.IMAGE_KEY_POLICY])
+
+    def fail_upload(self):
+        self.adapter.register_uri(
+            'PUT', f'{test_image_save.ENDPOINT}/images/{self.NEW_ID}/file',
+            status_code=500, text='boom')
+
+    def test_failure_deletes_only_the_key_it_stored(self):
+        self.fail_upload()
+        self.assertRaises(errors.BackupError, self.restore)
+        self.conn.image.delete_image.assert_called_once_with(
+            self.NEW_ID, ignore_missing=True)
+        self.fake.km.delete_secret.assert_called_once_with(
+            NEW_KEY, ignore_missing=True)
+
+    def test_failure_never_deletes_a_given_key(self):
+        self.fail_upload()
+        self.assertRaises(errors.BackupError, self.restore,
+                          **{secrets.IMAGE_KEY_ID: self.LIVE_KEY})
+        self.conn.image.delete_image.assert_called_once()
+        self.fake.km.delete_secret.assert_not_called()
+        # and the image being deleted holds it with do_not_delete
+        self.assertEqual(secrets.DO_NOT_DELETE,
+                         self.posted()[secrets.IMAGE_KEY_POLICY])
+
+    def test_key_policy_without_a_key_untouched(self):
+        body = {'name': 'x'}
+        image_restore.key_policy(body, None, self.reporter)
+        self.assertEqual({'name': 'x'}, body)
+
+
+class TestManifestKey(base.TestCase):
     def test_manifest_records_key(self):
         conn = mock.Mock()
         manifest = backup_set.build_manifest(
             conn, {'id': 'i', secrets.IMAGE_KEY_ID: OLD_KEY},
-            data_file='img.raw', size=1, hash_algo=None, hash_value=None,
-            sha256='0' * 64, started=0.0, finished=1.0)
+            data_file='img.raw', size=1, hash_algo='sha512',
+            hash_value='0' * 128, verified=True, started=0.0, finished=1.0)
         self.assertEqual(
             OLD_KEY, manifest['encryption']['cinder_encryption_key_id'])
         self.assertEqual('img.raw.key', manifest['encryption']['key_file'])
         plain = backup_set.build_manifest(
-            conn, {'id': 'i'}, data_file='img.raw', size=1, hash_algo=None,
-            hash_value=None, sha256='0' * 64, started=0.0, finished=1.0)
+            conn, {'id': 'i'}, data_file='img.raw', size=1,
+            hash_algo='sha512', hash_value='0' * 128, verified=True, started=0.0, finished=1.0)
         self.assertNotIn('encryption', plain)
 
 

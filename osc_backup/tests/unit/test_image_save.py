@@ -62,6 +62,22 @@ def record(data=DATA, **over):
     return rec
 
 
+def rewrite_manifest(saved, manifest):
+    """Change a saved set's manifest and its line in the checksum file
+    (what a careful forger would do)."""
+    blob = json.dumps(manifest).encode()
+    with open(saved.manifest, 'wb') as f:
+        f.write(blob)
+    with open(saved.checksum_file) as f:
+        lines = f.read().splitlines()
+    name = os.path.basename(saved.manifest)
+    algo = saved.checksum_file.rsplit('.', 1)[1]
+    lines = [f'{hashlib.new(algo, blob).hexdigest()}  {name}'
+             if line.endswith('  ' + name) else line for line in lines]
+    with open(saved.checksum_file, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
 class FakeImageProxy:
     """What save_image uses of ``conn.image``: get/post/put + find."""
 
@@ -124,22 +140,30 @@ def small_options(**over):
 
 
 class DownloadTestCase(testtools.TestCase):
+    #: what the image's record has besides ``record()``'s
+    RECORD: dict = {}
+
     def setUp(self):
         super().setUp()
         self.dir = self.useFixture(fixtures.TempDir()).path
         self.conn = FakeConn()
+        self.setup_conn()
         self.mock = self.useFixture(
             fixtures.MockPatchObject(self.conn.image, 'session'))
         self.conn.image.session = requests.Session()
         self.adapter = requests_mock.Adapter()
         self.conn.image.session.mount('http://', self.adapter)
-        self.rec = record()
+        self.rec = record(**self.RECORD)
         self.adapter.register_uri(
             'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
         self.file_url = f'{ENDPOINT}/images/{IMAGE_ID}/file'
         self.final = os.path.join(self.dir, 'img.raw')
-        self.part = os.path.join(self.dir, '.img.raw.part')
-        self.state = os.path.join(self.dir, '.img.raw.part.json')
+        self.partial = os.path.join(self.dir, '.img.raw.partial')
+        self.part = os.path.join(self.partial, 'img.raw.part')
+        self.state = os.path.join(self.partial, 'state.json')
+
+    def setup_conn(self):
+        """Add to ``self.conn`` before anything is saved."""
 
     def serve(self, *responses):
         self.adapter.register_uri('GET', self.file_url, list(responses))
@@ -170,6 +194,7 @@ class DownloadTestCase(testtools.TestCase):
                 if r.url.endswith('/file')]
 
     def write_partial(self, data, state=None):
+        os.makedirs(self.partial, 0o700, exist_ok=True)
         with open(self.part, 'wb') as f:
             f.write(data)
         with open(self.state, 'w') as f:
@@ -213,16 +238,16 @@ class TestSave(DownloadTestCase):
             self.assertEqual(DATA, f.read())
         self.assertEqual('sha512', saved.hash_algo)
         self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
-        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+        self.assertTrue(saved.verified)
         self.assertEqual(len(DATA), saved.size)
         self.assertEqual(0, saved.resumed_from)
         self.assertEqual(0, saved.retries)
         self.assertEqual(
-            ['img.raw', 'img.raw.manifest.json', 'img.raw.sha256'],
+            ['img.raw', 'img.raw.manifest.json', 'img.raw.sha512'],
             self.listing())
         self.assertEqual(
             [self.final, self.final + '.manifest.json',
-             self.final + '.sha256'], saved.files)
+             self.final + '.sha512'], saved.files)
         # one GET without Range
         reqs = self.file_requests()
         self.assertEqual(1, len(reqs))
@@ -245,8 +270,12 @@ class TestSave(DownloadTestCase):
                           'osc_backup_source_volume_id': 'v-1'},
                          m['backup'])
         self.assertEqual('img.raw', m['data']['file'])
-        self.assertEqual(hashlib.sha256(DATA).hexdigest(),
-                         m['data']['sha256'])
+        self.assertEqual(2, m['format_version'])
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(),
+                         m['data']['hash_value'])
+        self.assertEqual('sha512', m['data']['hash_algo'])
+        self.assertEqual('img.raw.sha512', m['data']['checksum_file'])
+        self.assertNotIn('sha256', m['data'])
         self.assertEqual('sha512', m['data']['verified_algo'])
         self.assertEqual({'cloud': 'minicloud', 'region': 'RegionOne',
                           'project_id': 'p1',
@@ -255,15 +284,15 @@ class TestSave(DownloadTestCase):
         self.assertIn('tool_version', m)
         self.assertTrue(m['saved_at'].endswith('Z'))
 
-    def test_checksum_file_accepted_by_sha256sum(self):
+    def test_checksum_file_accepted_by_sha512sum(self):
         self.serve(self.whole())
         saved = self.save()
         with open(saved.checksum_file) as f:
             lines = f.read().splitlines()
         self.assertEqual(
-            f'{hashlib.sha256(DATA).hexdigest()}  img.raw', lines[0])
+            f'{hashlib.sha512(DATA).hexdigest()}  img.raw', lines[0])
         self.assertTrue(lines[1].endswith('  img.raw.manifest.json'))
-        p = subprocess.run(['sha256sum', '-c', 'img.raw.sha256'],
+        p = subprocess.run(['sha512sum', '-c', 'img.raw.sha512'],
                            cwd=self.dir, capture_output=True, text=True)
         self.assertEqual(0, p.returncode, p.stdout + p.stderr)
 
@@ -382,15 +411,23 @@ class TestSave(DownloadTestCase):
         saved = self.save()
         self.assertEqual(('md5', hashlib.md5(DATA).hexdigest()),
                          (saved.hash_algo, saved.hash_value))
+        self.assertEqual(self.final + '.md5', saved.checksum_file)
+        p = subprocess.run(['md5sum', '-c', 'img.raw.md5'],
+                           cwd=self.dir, capture_output=True, text=True)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
 
-    def test_sha256_image_uses_one_hasher(self):
+    def test_sha256_image_gets_a_sha256_file(self):
         self.rec = record(os_hash_algo='sha256',
                           os_hash_value=hashlib.sha256(DATA).hexdigest())
         self.adapter.register_uri(
             'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
         self.serve(self.whole())
         saved = self.save()
-        self.assertEqual(saved.hash_value, saved.sha256)
+        self.assertEqual('sha256', saved.hash_algo)
+        self.assertEqual(self.final + '.sha256', saved.checksum_file)
+        p = subprocess.run(['sha256sum', '-c', 'img.raw.sha256'],
+                           cwd=self.dir, capture_output=True, text=True)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
 
     def test_final_name_absent_while_downloading(self):
         seen = []
@@ -410,23 +447,31 @@ class TestSave(DownloadTestCase):
 
     def test_fsync_before_rename(self):
         calls = []
-        real_fsync, real_replace = os.fsync, os.replace
+        real_fsync, real_link = os.fsync, os.link
 
         def fsync(fd):
-            calls.append('fsync')
+            calls.append(('fsync', os.path.basename(
+                os.readlink(f'/proc/self/fd/{fd}'))))
             return real_fsync(fd)
 
-        def replace(a, b):
-            calls.append(('replace', os.path.basename(a),
-                          os.path.basename(b)))
-            return real_replace(a, b)
+        def link(a, b, **kwargs):
+            calls.append(('link', a, os.path.basename(b)))
+            return real_link(a, b, **kwargs)
 
         self.serve(self.whole())
         with mock.patch.object(os, 'fsync', fsync), \
-                mock.patch.object(os, 'replace', replace):
+                mock.patch.object(os, 'link', link):
             self.save()
-        i = calls.index(('replace', '.img.raw.part', 'img.raw'))
-        self.assertEqual('fsync', calls[i - 1])
+        first_link = calls.index(('link', 'img.raw.part', 'img.raw'))
+        before = calls[:first_link]
+        # every file of the set, then the partial directory, is on disk
+        # before anything is renamed into place; the checksum file last
+        for name in ('img.raw.part', 'img.raw.manifest.json',
+                     'img.raw.sha512', '.img.raw.partial'):
+            self.assertIn(('fsync', name), before)
+        links = [c[2] for c in calls if c[0] == 'link']
+        self.assertEqual(['img.raw', 'img.raw.manifest.json',
+                          'img.raw.sha512'], links)
 
     def test_fallback_reader_for_encoded_body(self):
         resp = mock.Mock()
@@ -512,7 +557,7 @@ class TestResume(DownloadTestCase):
         with open(self.final, 'rb') as f:
             self.assertEqual(DATA, f.read())
         self.assertEqual(['img.raw', 'img.raw.manifest.json',
-                          'img.raw.sha256'], self.listing())
+                          'img.raw.sha512'], self.listing())
 
     def test_resume_at_buffer_boundaries(self):
         for start in (4096, 8192, 12288, 98304):
@@ -522,7 +567,7 @@ class TestResume(DownloadTestCase):
             self.serve(self.ranged(DATA, start))
             saved = self.save()
             self.assertEqual(start, saved.resumed_from)
-            self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+            self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
 
     def test_resume_aligned_down_to_block(self):
         for start, aligned in ((1, 0), (8191, 4096), (8193, 8192),
@@ -541,7 +586,7 @@ class TestResume(DownloadTestCase):
         self.serve(self.whole())
         with mock.patch.object(transfer, '_open_direct', return_value=None):
             saved = self.save()
-        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
         with open(self.final, 'rb') as f:
             self.assertEqual(DATA, f.read())
 
@@ -583,6 +628,7 @@ class TestResume(DownloadTestCase):
             self.assertEqual(DATA, f.read())
 
     def test_partial_without_state_discarded(self):
+        os.mkdir(self.partial, 0o700)
         with open(self.part, 'wb') as f:
             f.write(b'x' * 50)
         self.serve(self.whole())
@@ -611,7 +657,7 @@ class TestResume(DownloadTestCase):
         self.assertEqual('bytes=32768-', reqs[0].headers['Range'])
         with open(self.final, 'rb') as f:
             self.assertEqual(DATA, f.read())
-        self.assertEqual(hashlib.sha256(DATA).hexdigest(), saved.sha256)
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
 
     def test_wrong_content_range_restarts(self):
         self.write_partial(DATA[:30_000])
@@ -647,11 +693,13 @@ class TestResume(DownloadTestCase):
 
     def test_locked_partial_refused(self):
         import fcntl
-        fd = os.open(self.part, os.O_RDWR | os.O_CREAT)
+        self.write_partial(DATA[:8192])
+        fd = os.open(self.partial, os.O_RDONLY | os.O_DIRECTORY)
         self.addCleanup(os.close, fd)
         fcntl.flock(fd, fcntl.LOCK_EX)
         e = self.assertRaises(errors.InvalidInput, self.save)
-        self.assertIn('Another download', str(e))
+        self.assertIn('Another osc-backup is writing', str(e))
+        self.assertEqual(8192, os.path.getsize(self.part))
 
 
 class TestRetries(DownloadTestCase):
@@ -712,8 +760,9 @@ class TestRetries(DownloadTestCase):
         self.assertIn('failed after 3 retries', str(e))
         self.assertIn('run the same command again to resume', str(e))
         self.assertEqual([1.0, 2.0, 4.0], sleeps)
-        self.assertEqual(['.img.raw.part', '.img.raw.part.json'],
-                         self.listing())
+        self.assertEqual(['.img.raw.partial'], self.listing())
+        self.assertEqual(['img.raw.part', 'state.json'],
+                         sorted(os.listdir(self.partial)))
         self.assertEqual(cut, os.path.getsize(self.part))
         # ... and the next run resumes it
         self.adapter.register_uri('GET', self.file_url,
@@ -831,6 +880,27 @@ class TestNaming(testtools.TestCase):
         self.assertEqual('x-3f2a9c1b.ova', image_save.default_filename(
             record(name='../x', container_format='ova')))
 
+    def test_hostile_server_strings(self):
+        hostile = ['../..', '..', '.', '/etc/passwd', '.hidden',
+                   'a\nb', 'a\rb\x1b[31m', '\x00', 'a/../../b', '',
+                   '-.-', 'x' * 500, 'é ü', 'a..b']
+        for name in hostile:
+            for field in ('name', 'disk_format', 'id'):
+                over = {field: name}
+                if field != 'disk_format':
+                    over['container_format'] = 'bare'
+                got = image_save.default_filename(record(**over))
+                self.assertNotIn('/', got, over)
+                self.assertNotIn('..', got, over)
+                self.assertFalse(got.startswith(('.', '-')), over)
+                self.assertTrue(got.isprintable(), over)
+                self.assertLessEqual(len(got), 120, over)
+            got = image_save.default_filename(
+                record(container_format=name))
+            self.assertNotIn('/', got)
+            self.assertNotIn('..', got)
+            self.assertTrue(got.isprintable())
+
 
 class TestImageSets(DownloadTestCase):
     def saved_set(self):
@@ -840,31 +910,33 @@ class TestImageSets(DownloadTestCase):
     def test_load_from_manifest_or_data(self):
         saved = self.saved_set()
         for path in (saved.manifest, saved.file):
-            m, mpath, data = backup_set.load_manifest(path)
-            self.assertEqual(saved.manifest, mpath)
-            self.assertEqual(saved.file, data)
-            self.assertEqual(IMAGE_ID, m['image']['id'])
+            bs = backup_set.load_set(path)
+            self.assertEqual(saved.manifest, bs.manifest_path)
+            self.assertEqual(saved.file, bs.data)
+            self.assertEqual(IMAGE_ID, bs.manifest['image']['id'])
+            self.assertEqual(saved.checksum_file, bs.checksum_file)
+            bs.verify_data()
 
     def test_load_errors(self):
-        e = self.assertRaises(errors.InvalidInput, backup_set.load_manifest,
+        e = self.assertRaises(errors.InvalidInput, backup_set.load_set,
                               self.final)
         self.assertIn('neither a manifest', str(e))
         path = os.path.join(self.dir, 'x.manifest.json')
         with open(path, 'w') as f:
             f.write('{"format": "other"}')
-        e = self.assertRaises(errors.InvalidInput, backup_set.load_manifest,
+        e = self.assertRaises(errors.InvalidInput, backup_set.load_set,
                               path)
         self.assertIn('not an osc-backup image manifest', str(e))
         with open(path, 'w') as f:
             json.dump({'format': backup_set.FORMAT, 'format_version': 99},
                       f)
-        e = self.assertRaises(errors.InvalidInput, backup_set.load_manifest,
+        e = self.assertRaises(errors.InvalidInput, backup_set.load_set,
                               path)
         self.assertIn('upgrade osc-backup', str(e))
 
     def test_create_body_leaves_out_glance_owned(self):
         saved = self.saved_set()
-        m, _, _ = backup_set.load_manifest(saved.manifest)
+        m = backup_set.load_set(saved.manifest).manifest
         body = image_restore.create_body(m, name='new', properties={'a': 'b'})
         self.assertEqual({
             'name': 'new',
@@ -890,7 +962,9 @@ class TestImageSets(DownloadTestCase):
         self.assertIn("was 'public'", stream.getvalue())
 
 
-class TestRestore(DownloadTestCase):
+class RestoreTestCase(DownloadTestCase):
+    """A saved set and a Glance that takes it back."""
+
     NEW_ID = 'aaaaaaaa-0000-0000-0000-000000000000'
 
     def setUp(self):
@@ -922,11 +996,17 @@ class TestRestore(DownloadTestCase):
             'osc_backup.common.waits.wait_for_status',
             return_value=self.active)).mock
 
+    def writes(self):
+        return [h for h in self.adapter.request_history
+                if h.method in ('POST', 'PUT', 'PATCH', 'DELETE')]
+
     def _update(self, image, **attrs):
         for key, value in attrs.items():
             setattr(self.active, key, value)
         return self.active
 
+
+class TestRestore(RestoreTestCase):
     def test_restore(self):
         r = image_restore.restore_image(
             self.conn, self.saved.manifest, name='restored',
@@ -974,10 +1054,12 @@ class TestRestore(DownloadTestCase):
         with open(self.saved.file, 'r+b') as f:
             f.seek(100)
             f.write(b'\0\1\2')
-        e = self.assertRaises(errors.BackupError, image_restore.restore_image,
+        e = self.assertRaises(errors.InvalidInput,
+                              image_restore.restore_image,
                               self.conn, self.saved.manifest)
-        self.assertIn('does not match its manifest', str(e))
-        self.conn.image.delete_image.assert_called_once()
+        self.assertIn('does not match its backup set', str(e))
+        self.assertEqual([], [h for h in self.adapter.request_history
+                              if h.method in ('POST', 'PUT')])
 
     def test_truncated_file_refused_before_upload(self):
         with open(self.saved.file, 'r+b') as f:
@@ -992,11 +1074,461 @@ class TestRestore(DownloadTestCase):
             m = json.load(f)
         m['image']['protected'] = True
         m['glance_record']['protected'] = True
-        with open(self.saved.manifest, 'w') as f:
-            json.dump(m, f)
+        rewrite_manifest(self.saved, m)
         image_restore.restore_image(self.conn, self.saved.manifest)
         body = next(h for h in self.adapter.request_history
                 if h.method == 'POST').json()
         self.assertNotIn('protected', body)
         self.conn.image.update_image.assert_called_with(
             self.active, is_protected=True)
+
+
+class TestFileRules(DownloadTestCase):
+    """Files the tool writes: never through a symlink, never over an
+    existing file unless asked, 0600/0700, safe names, one checksum."""
+
+    def plant(self, path, name='victim'):
+        victim = os.path.join(self.dir, name)
+        with open(victim, 'wb') as f:
+            f.write(b'precious')
+        os.symlink(victim, path)
+        return victim
+
+    def assertUntouched(self, victim):
+        with open(victim, 'rb') as f:
+            self.assertEqual(b'precious', f.read())
+
+    def test_symlink_at_partial_name_not_written_through(self):
+        victim = os.path.join(self.dir, 'victim-dir')
+        os.mkdir(victim)
+        os.symlink(victim, self.partial)
+        self.serve(self.whole())
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('symbolic link', str(e))
+        self.assertEqual([], os.listdir(victim))
+        self.assertEqual([], self.file_requests())
+        self.assertTrue(os.path.islink(self.partial))
+
+    def test_symlink_at_part_name_not_written_through(self):
+        self.write_partial(b'')
+        os.unlink(self.part)
+        victim = self.plant(self.part)
+        self.serve(self.whole())
+        for kwargs in ({}, {'overwrite': True}):
+            e = self.assertRaises(errors.InvalidInput, self.save, **kwargs)
+            self.assertIn('symbolic link', str(e))
+            self.assertUntouched(victim)
+        self.assertEqual([], self.file_requests())
+
+    def test_symlink_in_a_stale_partial_removed_not_followed(self):
+        os.mkdir(self.partial, 0o700)
+        victims = [self.plant(self.part, 'victim-1'),
+                   self.plant(self.state, 'victim-2')]
+        self.serve(self.whole())
+        self.save()
+        for victim in victims:
+            self.assertUntouched(victim)
+        self.assertFalse(os.path.lexists(self.partial))
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_partial_directory_of_another_user_refused(self):
+        os.mkdir(self.partial, 0o700)
+        with mock.patch.object(os, 'geteuid', return_value=12345):
+            e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('another user', str(e))
+
+    def test_symlink_at_final_names_refused_without_overwrite(self):
+        for name in ('img.raw', 'img.raw.manifest.json', 'img.raw.sha512',
+                     'img.raw.sha256'):
+            path = os.path.join(self.dir, name)
+            victim = self.plant(path)
+            self.serve(self.whole())
+            e = self.assertRaises(errors.InvalidInput, self.save)
+            self.assertIn('already exists', str(e))
+            self.assertUntouched(victim)
+            os.unlink(path)
+            os.unlink(victim)
+        self.assertEqual([], self.file_requests())
+
+    def test_symlink_at_final_names_replaced_with_overwrite(self):
+        victims = {}
+        for name in ('img.raw', 'img.raw.manifest.json', 'img.raw.sha512'):
+            path = os.path.join(self.dir, name)
+            victim = os.path.join(self.dir, 'victim-' + name)
+            with open(victim, 'wb') as f:
+                f.write(b'precious')
+            os.symlink(victim, path)
+            victims[path] = victim
+        self.serve(self.whole())
+        self.save(overwrite=True)
+        for path, victim in victims.items():
+            self.assertFalse(os.path.islink(path), path)
+            self.assertUntouched(victim)
+        with open(self.final, 'rb') as f:
+            self.assertEqual(DATA, f.read())
+
+    def test_final_appearing_during_download_not_replaced(self):
+        def body(request, context):
+            with open(self.final, 'w') as f:
+                f.write('theirs')
+            return DATA
+
+        self.adapter.register_uri('GET', self.file_url, content=body)
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('appeared while the set was written', str(e))
+        with open(self.final) as f:
+            self.assertEqual('theirs', f.read())
+        # the complete set is kept for the next run
+        self.assertEqual(
+            ['img.raw.manifest.json', 'img.raw.part', 'img.raw.sha512',
+             'state.json'], sorted(os.listdir(self.partial)))
+
+    def test_modes_0600_whatever_the_umask(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        self.serve(self.whole())
+        saved = self.save()
+        for path in saved.files:
+            self.assertEqual(0o600, os.stat(path).st_mode & 0o777, path)
+
+    def test_partial_file_mode_0600(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        self.serve({'status_code': 200, 'body': Flaky(DATA, 8192 * 2),
+                    'headers': {}}, *([{'status_code': 503}] * 3))
+        opts, _ = small_options(retries=1)
+        self.assertRaises(errors.BackupError, self.save, options=opts)
+        self.assertEqual(0o600, os.stat(self.part).st_mode & 0o777)
+        self.assertEqual(0o600, os.stat(self.state).st_mode & 0o777)
+
+    def test_new_directories_0700(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        self.serve(self.whole())
+        target = os.path.join(self.dir, 'a', 'b')
+        saved = image_save.save_image(
+            self.conn, IMAGE_ID, target, as_file=False,
+            options=small_options()[0])
+        for d in (os.path.join(self.dir, 'a'), target):
+            self.assertEqual(0o700, os.stat(d).st_mode & 0o777, d)
+        self.assertEqual(0o600, os.stat(saved.file).st_mode & 0o777)
+
+    def test_one_hash_computed(self):
+        seen = []
+        real = transfer.receive
+
+        def spy(*args, **kwargs):
+            seen.append(kwargs['algorithms'])
+            return real(*args, **kwargs)
+
+        self.serve(self.whole())
+        with mock.patch.object(transfer, 'receive', spy):
+            self.save()
+        self.assertEqual([['sha512']], seen)
+        self.assertFalse(os.path.exists(self.final + '.sha256'))
+
+    def test_unverified_image_gets_local_sha512(self):
+        self.rec = record(os_hash_algo=None, os_hash_value=None,
+                          checksum=None)
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
+        self.serve(self.whole())
+        saved = self.save(allow_unverified=True)
+        self.assertFalse(saved.verified)
+        self.assertEqual(hashlib.sha512(DATA).hexdigest(), saved.hash_value)
+        with open(saved.manifest) as f:
+            m = json.load(f)
+        self.assertIsNone(m['data']['verified_algo'])
+        self.assertEqual('sha512', m['data']['hash_algo'])
+
+    def test_hostile_hash_algo_not_used_in_a_name(self):
+        for algo in ('../../x', 'sha512\nx', 'sha512/..'):
+            exp = image_save.expected_hash(record(os_hash_algo=algo))
+            self.assertEqual('md5', exp.algorithm, algo)
+        exp = image_save.expected_hash(record(os_hash_algo='SHA512'))
+        self.assertEqual('sha512', exp.algorithm)
+        exp = image_save.expected_hash(record(os_hash_value='../x'))
+        self.assertEqual('md5', exp.algorithm)
+
+    def test_overwrite_removes_a_stale_format_1_checksum(self):
+        with open(self.final, 'wb') as f:
+            f.write(b'old')
+        with open(self.final + '.sha256', 'w') as f:
+            f.write(f'{hashlib.sha256(b"old").hexdigest()}  img.raw\n')
+        other = os.path.join(self.dir, 'img.raw.sha1')
+        with open(other, 'w') as f:
+            f.write('not a checksum file of ours')
+        self.serve(self.whole())
+        self.save(overwrite=True)
+        self.assertFalse(os.path.exists(self.final + '.sha256'))
+        self.assertTrue(os.path.exists(other))
+
+    def assertChecks(self, saved):
+        """Two lines (data, manifest); sha512sum -c agrees."""
+        with open(saved.checksum_file) as f:
+            self.assertEqual(2, len(f.read().splitlines()))
+        p = subprocess.run(
+            ['sha512sum', '-c', os.path.basename(saved.checksum_file)],
+            cwd=self.dir, capture_output=True, text=True)
+        self.assertEqual(0, p.returncode, p.stdout + p.stderr)
+
+    def test_hostile_names_from_the_server(self):
+        self.rec = record(name='../../etc/passwd\nx  y', disk_format='../raw',
+                          container_format='bare')
+        self.adapter.register_uri(
+            'GET', f'{ENDPOINT}/images/{IMAGE_ID}', json=self.rec)
+        self.serve(self.whole())
+        saved = image_save.save_image(
+            self.conn, IMAGE_ID, self.dir, options=small_options()[0])
+        self.assertEqual(self.dir, os.path.dirname(saved.file))
+        self.assertChecks(saved)
+
+    def test_user_file_name_with_newline_checks(self):
+        self.serve(self.whole())
+        target = os.path.join(self.dir, 'my\nimage\\.raw')
+        saved = self.save(target)
+        self.assertChecks(saved)
+
+
+class TestInterruptedSet(DownloadTestCase):
+    """A run stopped while the set was renamed into place is finished by
+    the next one, without downloading again."""
+
+    def interrupted(self, at):
+        real = backup_set.publish
+
+        def publish(src, dst, **kwargs):
+            if dst.endswith(at):
+                raise KeyboardInterrupt()
+            return real(src, dst, **kwargs)
+
+        self.serve(self.whole())
+        with mock.patch.object(backup_set, 'publish', publish):
+            self.assertRaises(KeyboardInterrupt, self.save)
+
+    def test_finished_after_interrupt_between_renames(self):
+        for at in ('img.raw', '.manifest.json', '.sha512'):
+            for name in self.listing():
+                path = os.path.join(self.dir, name)
+                if os.path.isdir(path):
+                    import shutil
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+            self.interrupted(at)
+            self.assertTrue(os.path.isdir(self.partial), at)
+            self.assertFalse(os.path.exists(self.final + '.sha512'))
+            before = len(self.file_requests())
+            saved = self.save()
+            self.assertEqual(before, len(self.file_requests()), at)
+            self.assertEqual(len(DATA), saved.resumed_from)
+            self.assertEqual(['img.raw', 'img.raw.manifest.json',
+                              'img.raw.sha512'], self.listing(), at)
+            p = subprocess.run(['sha512sum', '-c', 'img.raw.sha512'],
+                               cwd=self.dir, capture_output=True, text=True)
+            self.assertEqual(0, p.returncode, p.stdout + p.stderr)
+
+    def test_moved_file_replaced_meanwhile_is_not_trusted(self):
+        self.interrupted('.manifest.json')
+        with open(self.final, 'r+b') as f:
+            f.write(b'X')
+        e = self.assertRaises(errors.BackupError, self.save)
+        self.assertIn('cannot be finished', str(e))
+
+    def test_moved_file_swapped_for_a_symlink_is_not_trusted(self):
+        self.interrupted('.manifest.json')
+        os.rename(self.final, self.final + '.moved')
+        os.symlink(self.final + '.moved', self.final)
+        e = self.assertRaises(errors.BackupError, self.save)
+        self.assertIn('cannot be finished', str(e))
+
+    def test_set_written_in_partial_directory(self):
+        seen = []
+        real = backup_set.SetWriter.publish
+
+        def publish(writer, members, **kwargs):
+            seen.append((self.listing(), sorted(os.listdir(writer.path))))
+            return real(writer, members, **kwargs)
+
+        self.serve(self.whole())
+        with mock.patch.object(backup_set.SetWriter, 'publish', publish):
+            self.save()
+        self.assertEqual([(
+            ['.img.raw.partial'],
+            ['img.raw.manifest.json', 'img.raw.part', 'img.raw.sha512',
+             'state.json'],
+        )], seen)
+        self.assertEqual(0o700, os.stat(self.dir).st_mode & 0o700)
+
+    def test_exists_after_finished_run_cleans_leftover_state(self):
+        self.serve(self.whole())
+        self.save()
+        os.mkdir(self.partial, 0o700)
+        with open(self.state, 'w') as f:
+            f.write('{}')
+        e = self.assertRaises(errors.InvalidInput, self.save)
+        self.assertIn('already exists', str(e))
+        self.assertFalse(os.path.exists(self.partial))
+
+
+class TestTamperedSets(RestoreTestCase):
+    """Restore validates the set before anything is created."""
+
+    def setUp(self):
+        super().setUp()
+        with open(self.saved.manifest) as f:
+            self.pristine = f.read()
+
+    def manifest(self):
+        return json.loads(self.pristine)
+
+    def refused(self, *words, error=errors.InvalidInput):
+        before = len(self.writes())
+        e = self.assertRaises(error, image_restore.restore_image,
+                              self.conn, self.saved.manifest)
+        for word in words:
+            self.assertIn(word, str(e))
+        self.assertNotIn('\n', str(e))
+        self.assertEqual(before, len(self.writes()))
+        self.conn.image.delete_image.assert_not_called()
+        return e
+
+    def tamper(self, change):
+        m = self.manifest()
+        change(m)
+        rewrite_manifest(self.saved, m)
+
+    def test_data_file_outside_the_set(self):
+        outside = os.path.join(os.path.dirname(self.dir), 'outside.raw')
+        with open(outside, 'wb') as f:
+            f.write(DATA)
+        self.addCleanup(os.unlink, outside)
+        for name in ('../outside.raw', outside, '..', '.', '',
+                     'sub/img.raw'):
+            self.tamper(lambda m, n=name: m['data'].update(file=n))
+            self.refused('data.file')
+
+    def test_key_file_outside_the_set(self):
+        def change(m):
+            m['encryption'] = {'cinder_encryption_key_id': 'k',
+                               'key_file': '../x.key'}
+        self.tamper(change)
+        self.refused('encryption.key_file')
+
+    def test_symlink_leaving_the_set(self):
+        outside = os.path.join(os.path.dirname(self.dir), 'elsewhere.raw')
+        with open(outside, 'wb') as f:
+            f.write(DATA)
+        self.addCleanup(os.unlink, outside)
+        os.unlink(self.saved.file)
+        os.symlink(outside, self.saved.file)
+        self.refused('symbolic link leading out')
+
+    def test_symlink_inside_the_set_accepted(self):
+        inside = os.path.join(self.dir, 'real-data.raw')
+        os.rename(self.saved.file, inside)
+        os.symlink('real-data.raw', self.saved.file)
+        r = image_restore.restore_image(self.conn, self.saved.manifest)
+        self.assertEqual(self.NEW_ID, r.image_id)
+
+    def test_wrong_types(self):
+        for path, value, words in (
+            (('data',), 'x', 'data must be dict'),
+            (('data', 'size'), '100', 'data.size must be int'),
+            (('data', 'size'), True, 'data.size must be int'),
+            (('data', 'size'), -1, 'negative'),
+            (('data', 'hash_value'), 5, 'data.hash_value must be str'),
+            (('data', 'hash_value'), 'zz', 'not a hex digest'),
+            (('data', 'hash_algo'), '../md5', 'not a hash algorithm'),
+            (('data', 'checksum_file'), '../x', 'data.checksum_file'),
+            (('image',), None, 'image must be dict'),
+            (('image', 'protected'), 'yes', 'image.protected'),
+            (('image', 'min_disk'), '1', 'image.min_disk'),
+            (('image', 'tags'), 'nightly', 'image.tags'),
+            (('glance_record',), [], 'glance_record must be dict'),
+        ):
+            def change(m, path=path, value=value):
+                target = m
+                for key in path[:-1]:
+                    target = target[key]
+                target[path[-1]] = value
+            self.tamper(change)
+            self.refused('not a valid backup set manifest', words)
+
+    def test_bad_versions(self):
+        for version, words in ((99, 'upgrade osc-backup'),
+                               ('2', 'format_version must be int'),
+                               (True, 'format_version must be int'),
+                               (0, 'does not exist'),
+                               (None, 'format_version must be int')):
+            self.tamper(lambda m, v=version: m.update(format_version=v))
+            self.refused(words)
+
+    def test_not_json_not_ours(self):
+        for blob, words in ((b'{not json', 'not JSON'),
+                            (b'[]', 'not an osc-backup image manifest'),
+                            (b'{"format": "x"}', 'not an osc-backup')):
+            with open(self.saved.manifest, 'wb') as f:
+                f.write(blob)
+            self.refused(words)
+
+    def test_manifest_changed_without_its_checksum(self):
+        m = self.manifest()
+        m['glance_record']['name'] = 'forged'
+        with open(self.saved.manifest, 'w') as f:
+            json.dump(m, f)
+        self.refused('the manifest was changed')
+
+    def test_checksum_file_lists_other_data(self):
+        with open(self.saved.checksum_file) as f:
+            text = f.read()
+        with open(self.saved.checksum_file, 'w') as f:
+            f.write(text.replace(self.saved.hash_value, 'a' * 128))
+        self.refused('lists', 'the set was changed')
+
+    def test_checksum_file_missing(self):
+        os.unlink(self.saved.checksum_file)
+        self.refused('checksum file', 'incomplete')
+
+    def test_data_changed_consistently_with_manifest_is_caught(self):
+        # the data is replaced and the manifest and checksum file updated
+        # to match it: Glance's own hash still catches the swap
+        other = os.urandom(len(DATA))
+        with open(self.saved.file, 'wb') as f:
+            f.write(other)
+        value = hashlib.sha512(other).hexdigest()
+        self.tamper(lambda m: m['data'].update(hash_value=value))
+        with open(self.saved.checksum_file) as f:
+            text = f.read()
+        with open(self.saved.checksum_file, 'w') as f:
+            f.write(text.replace(self.saved.hash_value, value))
+        e = self.assertRaises(errors.BackupError,
+                              image_restore.restore_image, self.conn,
+                              self.saved.manifest)
+        self.assertIn('the upload is corrupt', str(e))
+        self.conn.image.delete_image.assert_called_once()
+
+    def test_format_1_set_still_restored(self):
+        # what osc-backup wrote before: sha256 in the manifest, .sha256
+        m = self.manifest()
+        data = m['data']
+        for key in ('hash_algo', 'hash_value', 'checksum_file'):
+            del data[key]
+        data['sha256'] = hashlib.sha256(DATA).hexdigest()
+        m['format_version'] = 1
+        blob = json.dumps(m).encode()
+        with open(self.saved.manifest, 'wb') as f:
+            f.write(blob)
+        os.unlink(self.saved.checksum_file)
+        with open(self.final + '.sha256', 'w') as f:
+            f.write(f"{data['sha256']}  img.raw\n"
+                    f'{hashlib.sha256(blob).hexdigest()}  '
+                    'img.raw.manifest.json\n')
+        r = image_restore.restore_image(self.conn, self.saved.manifest)
+        self.assertEqual(self.NEW_ID, r.image_id)
+        self.assertEqual([DATA], self.uploaded)
+        # ... and a damaged one is refused before anything
+        with open(self.final, 'r+b') as f:
+            f.write(b'X')
+        self.refused('does not match its backup set')

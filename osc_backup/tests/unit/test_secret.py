@@ -300,28 +300,25 @@ class TestImageKey(base.TestCase):
         self.conn = mock.Mock(key_manager=self.fake.km)
         self.data = os.path.join(self.dir, 'db-123.raw')
 
-    def test_save_and_load(self):
-        files = secrets.save_image_key(self.conn, UUID, self.data)
+    def test_key_files_and_parse(self):
+        files = secrets.image_key_files(self.conn, UUID, 'db-123.raw')
         self.assertEqual(
-            [self.data + '.key', self.data + '.key.luks-passphrase',
-             self.data + '.key.metadata.json'], files)
-        for p in files:
-            self.assertEqual(0o600, stat.S_IMODE(os.stat(p).st_mode))
-        with open(self.data + '.key.luks-passphrase', 'rb') as f:
-            self.assertEqual(binascii.hexlify(KEY), f.read())
-        payload, doc = secrets.load_image_key(self.data)
+            ['db-123.raw.key', 'db-123.raw.key.luks-passphrase',
+             'db-123.raw.key.metadata.json'], sorted(files))
+        self.assertEqual(KEY, files['db-123.raw.key'])
+        self.assertEqual(binascii.hexlify(KEY),
+                         files['db-123.raw.key.luks-passphrase'])
+        payload, doc = secrets.parse_image_key(
+            files['db-123.raw.key'], files['db-123.raw.key.metadata.json'],
+            self.data)
         self.assertEqual(KEY, payload)
         self.assertEqual(UUID, doc['secret']['id'])
+        self.assertEqual('db-123.raw', doc['files']['data'])
 
-    def test_load_none(self):
-        self.assertIsNone(secrets.load_image_key(self.data))
-
-    def test_existing_refused(self):
-        open(self.data + '.key', 'w').close()
-        self.assertRaises(
-            errors.InvalidInput, secrets.save_image_key, self.conn, UUID,
-            self.data)
-        self.fake.km.get.assert_not_called()
+    def test_parse_refuses_foreign_metadata(self):
+        for blob in (b'{not json', b'[]', b'{"format": "x"}'):
+            self.assertRaises(errors.InvalidInput, secrets.parse_image_key,
+                              KEY, blob, self.data)
 
     def test_store_secret_unlogged_base64(self):
         href = secrets.store_secret(

@@ -14,8 +14,8 @@ def saved(**over):
     values = dict(
         image_id='img-1', name='db', file='/b/db-img1.raw',
         manifest='/b/db-img1.raw.manifest.json',
-        checksum_file='/b/db-img1.raw.sha256', size=3 * transfer.MiB,
-        hash_algo='sha512', hash_value='a' * 128, sha256='b' * 64,
+        checksum_file='/b/db-img1.raw.sha512', size=3 * transfer.MiB,
+        hash_algo='sha512', hash_value='a' * 128, verified=True,
         resumed_from=0, retries=1, duration=1.234,
         throughput=3 * transfer.MiB / 1.234,
     )
