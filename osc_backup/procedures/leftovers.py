@@ -25,6 +25,7 @@ from typing import Any
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
+from osc_backup.common.cleanup import shell_command
 from osc_backup.common.progress import Reporter
 
 
@@ -40,7 +41,8 @@ class Leftover:
 
     @property
     def remove_command(self) -> str:
-        return f'openstack {waits.cli_noun(self.kind)} delete {self.id}'
+        noun = waits.cli_noun(self.kind).split()
+        return shell_command('openstack', *noun, 'delete', self.id)
 
 
 def _matches(metadata: dict[str, str] | None, run_id: str | None) -> bool:

@@ -1,4 +1,5 @@
 import io
+import shlex
 from unittest import mock
 
 from openstack import exceptions as sdk_exc
@@ -69,3 +70,13 @@ class TestLeftovers(base.TestCase):
             f'openstack volume snapshot delete {self.snap.id}',
             failed[0].remove_command,
         )
+
+
+class TestRemoveCommand(base.TestCase):
+    def test_shell_quoted(self):
+        hostile = 'x; rm -rf ~'
+        for kind, noun in (('volume', ['volume']),
+                           ('snapshot', ['volume', 'snapshot'])):
+            lo = leftovers.Leftover(kind, hostile, None, None, None, None)
+            self.assertEqual(['openstack', *noun, 'delete', hostile],
+                             shlex.split(lo.remove_command))
