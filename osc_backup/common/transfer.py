@@ -54,6 +54,7 @@ from typing import Any
 
 from osc_backup.common import errors
 from osc_backup.common.progress import Reporter
+from osc_backup.common.text import printable
 
 LOG = logging.getLogger(__name__)
 
@@ -633,7 +634,7 @@ def _progress_bar(
         unit_scale=True,
         unit_divisor=1024,
         file=reporter.stream,
-        desc=label,
+        desc=printable(label),
         dynamic_ncols=True,
         leave=False,
         mininterval=0.5,

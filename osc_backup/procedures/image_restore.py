@@ -333,7 +333,7 @@ def _restore_key(
             f'delete re-stored key {new_id}',
             lambda: secrets.delete_secret(conn, new_id),
             leftover=f'secret {new_id}',
-            remove_command=f'openstack secret delete {href}',
+            remove_command=['openstack', 'secret', 'delete', href],
             when=PARTIAL,
         )
     body[secrets.IMAGE_KEY_ID] = new_id

@@ -34,7 +34,6 @@ names another run or another tool is not touched.
 from __future__ import annotations
 
 import logging
-import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
+from osc_backup.common.cleanup import shell_command
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import secrets
 
@@ -78,7 +78,7 @@ class Leftover:
     @property
     def remove_command(self) -> str:
         noun = waits.cli_noun(self.kind).split()
-        return shlex.join(['openstack', *noun, 'delete', self.ref or self.id])
+        return shell_command('openstack', *noun, 'delete', self.ref or self.id)
 
 
 def _tag(name: str | None, kind: str, run_id: str | None) -> str | None:

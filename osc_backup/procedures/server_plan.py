@@ -49,6 +49,7 @@ from osc_backup.common import backup_set
 from osc_backup.common import errors
 from osc_backup.common import lookup
 from osc_backup.common import tags
+from osc_backup.common.text import printable
 from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.procedures import server_manifest
@@ -160,7 +161,10 @@ def find_server(conn: Any, name_or_id: str) -> Any:
 
 
 def server_label(server: Any) -> str:
-    return f'{server.id} ({server.name})' if server.name else server.id
+    """``ID (name)`` for messages, control characters escaped."""
+    if server.name:
+        return f'{printable(server.id)} ({printable(server.name)})'
+    return printable(server.id)
 
 
 def _device_key(device: str | None) -> tuple[int, str]:

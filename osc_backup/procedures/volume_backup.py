@@ -557,7 +557,8 @@ def backup_volume_via_backup(
                 f'delete incomplete backup {backup_id}',
                 undo,
                 leftover=f'backup {backup_id}',
-                remove_command=f'openstack volume backup delete {backup_id}',
+                remove_command=['openstack', 'volume', 'backup', 'delete',
+                                backup_id],
                 when=PARTIAL,
             )
         if opts.wait:

@@ -336,7 +336,7 @@ def _new_volume(
                 interval=opts.interval,
             ),
             leftover=f'volume {vol.id}',
-            remove_command=f'openstack volume delete {vol.id}',
+            remove_command=['openstack', 'volume', 'delete', vol.id],
             when=PARTIAL,
         )
     return vol

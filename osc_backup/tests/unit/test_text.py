@@ -47,3 +47,30 @@ class TestReporter(base.TestCase):
         self.assertEqual('WARNING: x\\x1b[2J', lines[2])
         self.assertTrue(lines[3].endswith('] y\\r'), lines[3])
         self.assertNotIn('\x1b', out.getvalue())
+
+
+class TestLabels(base.TestCase):
+    """Names in labels are escaped where they are built, so that a newline
+    in one cannot forge a line of a multi-line message."""
+
+    def test_volume_and_server_labels(self):
+        from osc_backup.common import volumes
+        from osc_backup.procedures import server_plan
+        from osc_backup.tests.unit import fakes
+
+        vol = fakes.volume(name='db\nWARNING: forged')
+        self.assertEqual(
+            f'{vol.id} (db\\nWARNING: forged)', volumes.volume_label(vol)
+        )
+        server = type('S', (), {'id': 's1', 'name': 'web\x1b[2J'})()
+        self.assertEqual('s1 (web\\x1b[2J)', server_plan.server_label(server))
+
+    def test_progress_bar_label(self):
+        from osc_backup.common import transfer
+
+        out = io.StringIO()
+        reporter = Reporter(stream=out, progress=True)
+        with transfer._progress_bar(reporter, 10, 0, 'img\x1b]0;x\x07') as bar:
+            bar.update(5)
+        self.assertIn('img\\x1b]0;x\\x07', out.getvalue())
+        self.assertNotIn('\x1b', out.getvalue())
