@@ -39,6 +39,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +96,7 @@ NOTE_EPHEMERAL = (
 NOTE_NOT_TOGETHER = (
     "Server {server} is {status}: each disk is crash-consistent and they "
     "are captured one after another, not at one moment. Stop the server "
-    "first ('openstack server stop {server}') for a consistent set."
+    "first ('openstack server stop {server_id}') for a consistent set."
 )
 
 
@@ -187,7 +188,7 @@ def _check_output_paths(opts: Options) -> str | None:
     path = opts.manifest
     if path is None:
         return None
-    if os.path.exists(path):
+    if os.path.lexists(path):
         raise errors.InvalidInput(
             f"--manifest: '{path}' exists; osc-backup never overwrites a "
             'manifest. Choose another file name.'
@@ -395,7 +396,7 @@ def prepare(
         ))
     if len(disks) > 1 and consistency != volumes.OFFLINE:
         notes.append(NOTE_NOT_TOGETHER.format(
-            server=server.name or server.id, status=status
+            server=label, server_id=shlex.quote(server.id), status=status
         ))
 
     # Decide each volume's method and run its checks now, so that a bad
