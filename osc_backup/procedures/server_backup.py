@@ -37,6 +37,7 @@ from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.common.progress import Reporter
+from osc_backup.common.text import printable
 from osc_backup.procedures import server_manifest
 from osc_backup.procedures import server_plan
 from osc_backup.procedures import server_root
@@ -74,7 +75,7 @@ def _stopped(
     if not done:
         return
     made = '; '.join(
-        f"{a['disk']} {a['device'] or ''} -> {a['artifact']} "
+        f"{a['disk']} {printable(a['device'] or '')} -> {a['artifact']} "
         f"{a['id']}".replace('  ', ' ')
         for a in map(artifact, done)
     )
@@ -133,7 +134,7 @@ def backup_server(
             image_opts.timeout = backup_opts.timeout = left
             reporter.step(
                 f'Volume {volumes.volume_label(disk.volume)} at '
-                f'{disk.device}'
+                f'{printable(disk.device)}'
             )
             disk.result = volume_choice.backup_volume(
                 conn, disk.volume, disk.choice, image_opts, backup_opts,

@@ -703,3 +703,23 @@ class TestBriefRules(ServerTestCase):
             )
         self.assertIn(f'root-disk -> image {self.root_image.id}',
                       self.err.getvalue())
+
+    def test_names_from_the_cloud_cannot_forge_output(self):
+        evil = 'web\nERROR: forged line\x1b[2J'
+        self.attach('/dev/vdb\n\x1b[31m')
+        srv = server(name=evil, flavor=dict(FLAVOR, swap=512,
+                                             original_name='f\nx'))
+        plan = self.prepare(srv)
+        for note in plan.notes:
+            self.assertNotIn('\n', note)
+            self.assertNotIn('\x1b', note)
+        self.assertIn('web\\nERROR: forged line\\x1b[2J', ' '.join(plan.notes))
+        err = self.assertRaises(
+            errors.InvalidInput, self.prepare,
+            server(name=evil, status='ERROR\n\x1b'),
+        )
+        self.assertEqual(1, len(str(err).splitlines()), str(err))
+        self.assertNotIn('\x1b', str(err))
+        self.run_backup(srv)
+        self.assertNotIn('forged line\n', self.err.getvalue())
+        self.assertNotIn('\x1b', self.err.getvalue())
