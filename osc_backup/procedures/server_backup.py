@@ -37,6 +37,7 @@ from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.common.progress import Reporter
+from osc_backup.common.text import printable
 from osc_backup.procedures import server_manifest
 from osc_backup.procedures import server_plan
 from osc_backup.procedures import server_root
@@ -60,6 +61,31 @@ def artifact(disk: Disk) -> dict[str, Any]:
         'status': result.get('status'),
     }
     return line
+
+
+def _stopped(
+    exc: BaseException, label: str, done: list[Disk], reporter: Reporter,
+) -> None:
+    """Name the disks backed up so far: complete backups, kept.
+
+    Raises a :class:`errors.BackupError` that adds them to ``exc``'s
+    message; for an interrupt, says it on stderr and returns (the caller
+    re-raises).
+    """
+    if not done:
+        return
+    made = '; '.join(
+        f"{a['disk']} {printable(a['device'] or '')} -> {a['artifact']} "
+        f"{a['id']}".replace('  ', ' ')
+        for a in map(artifact, done)
+    )
+    message = (
+        f'Backup of server {label} stopped; these disks are '
+        f'backed up and kept (complete): {made}.'
+    )
+    if isinstance(exc, Exception):
+        raise errors.BackupError(f'{exc}\n{message}') from exc
+    reporter.note(message)  # Ctrl-C: the interrupt goes on
 
 
 def backup_server(
@@ -108,7 +134,7 @@ def backup_server(
             image_opts.timeout = backup_opts.timeout = left
             reporter.step(
                 f'Volume {volumes.volume_label(disk.volume)} at '
-                f'{disk.device}'
+                f'{printable(disk.device)}'
             )
             disk.result = volume_choice.backup_volume(
                 conn, disk.volume, disk.choice, image_opts, backup_opts,
@@ -116,31 +142,29 @@ def backup_server(
             )
             done.append(disk)
     except BaseException as exc:
-        if done:
-            made = '; '.join(
-                f"{a['disk']} {a['device'] or ''} -> {a['artifact']} "
-                f"{a['id']}".replace('  ', ' ')
-                for a in map(artifact, done)
-            )
-            message = (
-                f'Backup of server {label} stopped; these disks are '
-                f'backed up and kept (complete): {made}.'
-            )
-            if isinstance(exc, Exception):
-                raise errors.BackupError(f'{exc}\n{message}') from exc
-            reporter.note(message)  # Ctrl-C: the interrupt goes on
+        _stopped(exc, label, done, reporter)
         raise
     duration = round(time.monotonic() - started, 1)
     files: list[str] = []
     for disk in plan.disks:
         files += disk.result.get('files') or []
     if plan.manifest:
-        server_manifest.write(
-            plan.manifest,
-            server_manifest.build(
-                conn, plan, run, duration=duration, directory=opts.download
-            ),
-        )
+        try:
+            server_manifest.write(
+                plan.manifest,
+                server_manifest.build(
+                    conn, plan, run, duration=duration,
+                    directory=opts.download,
+                ),
+            )
+        except BaseException as exc:
+            if isinstance(exc, OSError):
+                exc = errors.BackupError(
+                    f'Writing the server manifest {plan.manifest!r} '
+                    f'failed: {exc}'
+                )
+            _stopped(exc, label, plan.disks, reporter)
+            raise
         files.append(plan.manifest)
     return {
         'server_id': server.id,

@@ -39,6 +39,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +97,7 @@ NOTE_EPHEMERAL = (
 NOTE_NOT_TOGETHER = (
     "Server {server} is {status}: each disk is crash-consistent and they "
     "are captured one after another, not at one moment. Stop the server "
-    "first ('openstack server stop {server}') for a consistent set."
+    "first ('openstack server stop {server_id}') for a consistent set."
 )
 
 
@@ -161,7 +162,8 @@ def find_server(conn: Any, name_or_id: str) -> Any:
 
 
 def server_label(server: Any) -> str:
-    """``ID (name)`` for messages, control characters escaped."""
+    """The server's ID and name, safe to print (a name is anyone's text:
+    control characters are escaped, so a newline cannot forge a line)."""
     if server.name:
         return f'{printable(server.id)} ({printable(server.name)})'
     return printable(server.id)
@@ -191,7 +193,7 @@ def _check_output_paths(opts: Options) -> str | None:
     path = opts.manifest
     if path is None:
         return None
-    if os.path.exists(path):
+    if os.path.lexists(path):
         raise errors.InvalidInput(
             f"--manifest: '{path}' exists; osc-backup never overwrites a "
             'manifest. Choose another file name.'
@@ -218,7 +220,8 @@ def _attached_volumes(conn: Any, server: Any) -> tuple[list[Any], list[Any]]:
         except sdk_exc.NotFoundException:
             raise errors.InvalidInput(
                 f'Server {server_label(server)} has volume '
-                f'{attachment.volume_id} attached at {attachment.device}, '
+                f'{printable(attachment.volume_id)} attached at '
+                f'{printable(attachment.device)}, '
                 'but Cinder does not know it (owned by another project?).'
             ) from None
     return attachments, found
@@ -328,13 +331,14 @@ def prepare(
     status = (server.status or '').upper()
     if status not in SNAPSHOT_STATES:
         raise errors.InvalidInput(
-            f"Server {label} is '{server.status}': only servers that are "
-            f"{', '.join(SNAPSHOT_STATES)} can be backed up."
+            f"Server {label} is '{printable(server.status)}': only servers "
+            f"that are {', '.join(SNAPSHOT_STATES)} can be backed up."
         )
     if server.task_state:
         raise errors.InvalidInput(
-            f"Server {label} is busy (task state '{server.task_state}'); "
-            'try again when it has finished.'
+            f"Server {label} is busy (task state "
+            f"'{printable(server.task_state)}'); try again when it has "
+            'finished.'
         )
     manifest = _check_output_paths(opts)
 
@@ -353,13 +357,13 @@ def prepare(
                 'boot from: there is nothing to back up.'
             )
         notes.append(NOTE_VOLUME_BACKED.format(
-            server=label, volume=root_attachment.volume_id
+            server=label, volume=printable(root_attachment.volume_id)
         ))
         if not opts.volumes:
             raise errors.InvalidInput(
                 f'Server {label} boots from volume '
-                f'{root_attachment.volume_id}: with --no-volumes there is '
-                'nothing to back up.'
+                f'{printable(root_attachment.volume_id)}: with --no-volumes '
+                'there is nothing to back up.'
             )
     else:
         disks.append(Disk(ROLE_ROOT, getattr(
@@ -375,7 +379,7 @@ def prepare(
         for attachment, volume in zip(attachments, attached, strict=True)
     ]
     names = ', '.join(
-        f'{volumes.volume_label(d.volume)} at {d.device}'
+        f'{volumes.volume_label(d.volume)} at {printable(d.device)}'
         for d in volume_disks
     )
     if volume_disks and not volume_backed:
@@ -394,12 +398,13 @@ def prepare(
         extra.append(f"{flavor['swap']} MiB of swap")
     for what in extra:
         notes.append(NOTE_EPHEMERAL.format(
-            flavor=server_manifest.flavor_name(server), server=label,
+            flavor=printable(server_manifest.flavor_name(server)),
+            server=label,
             what=what,
         ))
     if len(disks) > 1 and consistency != volumes.OFFLINE:
         notes.append(NOTE_NOT_TOGETHER.format(
-            server=server.name or server.id, status=status
+            server=label, server_id=shlex.quote(server.id), status=status
         ))
 
     # Decide each volume's method and run its checks now, so that a bad
@@ -469,7 +474,8 @@ def plan_steps(plan: Plan, opts: Options, run: tags.Run) -> list[str]:
             continue
         assert disk.choice is not None
         steps.append(
-            f'volume {volumes.volume_label(disk.volume)} at {disk.device}: '
+            f'volume {volumes.volume_label(disk.volume)} at '
+            f'{printable(disk.device)}: '
             f"'backup volume create --via-{disk.choice.method}' "
             f'({disk.choice.reason})'
         )

@@ -38,6 +38,7 @@ from osc_backup.common import volumes
 from osc_backup.common import waits
 from osc_backup.common.cleanup import Cleanup
 from osc_backup.common.progress import Reporter
+from osc_backup.common.text import printable
 from osc_backup.procedures import secrets
 from osc_backup.procedures import server_manifest
 from osc_backup.procedures import server_plan
@@ -84,8 +85,9 @@ def snapshot_root(
     metadata = root_record(server, disk, opts, plan, run)
     if plan.consistency == volumes.CRASH_CONSISTENT:
         reporter.warn(
-            f'server {label} is {server.status}: the root disk image is '
-            'crash-consistent (like pulling the power cord), unless the '
+            f'server {label} is {printable(server.status)}: the root disk '
+            'image is crash-consistent (like pulling the power cord), '
+            'unless the '
             "image asks Nova to quiesce the guest (os_require_quiesce)."
         )
     cleanup = Cleanup(
@@ -155,7 +157,9 @@ def finish_root(
     except _StaleRecord as exc:
         label = server_plan.server_label(server)
         renamed = _rename(conn, image, name)
-        unset = ' '.join(f'--property {shlex.quote(k)}' for k in exc.keys)
+        unset = ' '.join(
+            f'--property {shlex.quote(printable(k))}' for k in exc.keys
+        )
         fix = (
             f'Remove it with: openstack image unset {unset} {image.id}'
             if exc.keys else ''

@@ -11,6 +11,7 @@ from openstack.compute.v2 import server as _server
 from openstack.compute.v2 import volume_attachment as _attachment
 from openstack.test import fakes as sdk_fakes
 
+from osc_backup.common import backup_set
 from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common.progress import Reporter
@@ -690,3 +691,75 @@ class TestRootRecord(ServerTestCase):
               'value': 'do_not_delete'}],
             [op for op in ops if op['path'] != '/name'],
         )
+
+
+class TestBriefRules(ServerTestCase):
+    """What the brief asks of every command, for backup server create."""
+
+    def test_printed_command_uses_the_id_not_the_name(self):
+        # the note tells the user what to run: a name is not shell-safe
+        self.attach('/dev/vdb')
+        srv = server(name='web; rm -rf ~')
+        plan = self.prepare(srv)
+        text = ' '.join(plan.notes)
+        self.assertIn(f"'openstack server stop {srv.id}'", text)
+        self.assertNotIn('stop web;', text)
+
+    def test_dangling_symlink_at_manifest_is_refused(self):
+        with tempfile.TemporaryDirectory() as d:
+            link = os.path.join(d, 'm.json')
+            os.symlink(os.path.join(d, 'nowhere'), link)
+            err = self.assertRaises(
+                errors.InvalidInput, self.prepare, server(), manifest=link
+            )
+        self.assertIn('never overwrites', str(err))
+
+    def test_failed_manifest_names_what_is_kept(self):
+        self.attach('/dev/vdb')
+        with tempfile.TemporaryDirectory() as d, mock.patch.object(
+            backup_set, 'write_atomic',
+            side_effect=OSError(28, 'No space left on device'),
+        ):
+            err = self.assertRaises(
+                errors.BackupError, self.run_backup, server(),
+                manifest=os.path.join(d, 'm.json'),
+            )
+        text = str(err)
+        self.assertIn('Writing the server manifest', text)
+        self.assertIn('No space left on device', text)
+        self.assertIn(f'root-disk -> image {self.root_image.id}', text)
+        self.assertIn(f'volume /dev/vdb -> image {self.vol_image.id}', text)
+        self.assertIn('kept (complete)', text)
+        self.image_proxy.delete_image.assert_not_called()
+
+    def test_interrupted_manifest_names_what_is_kept(self):
+        with tempfile.TemporaryDirectory() as d, mock.patch.object(
+            backup_set, 'write_atomic',
+            side_effect=errors.Interrupted('SIGINT'),
+        ):
+            self.assertRaises(
+                KeyboardInterrupt, self.run_backup, server(),
+                manifest=os.path.join(d, 'm.json'),
+            )
+        self.assertIn(f'root-disk -> image {self.root_image.id}',
+                      self.err.getvalue())
+
+    def test_names_from_the_cloud_cannot_forge_output(self):
+        evil = 'web\nERROR: forged line\x1b[2J'
+        self.attach('/dev/vdb\n\x1b[31m')
+        srv = server(name=evil, flavor=dict(FLAVOR, swap=512,
+                                             original_name='f\nx'))
+        plan = self.prepare(srv)
+        for note in plan.notes:
+            self.assertNotIn('\n', note)
+            self.assertNotIn('\x1b', note)
+        self.assertIn('web\\nERROR: forged line\\x1b[2J', ' '.join(plan.notes))
+        err = self.assertRaises(
+            errors.InvalidInput, self.prepare,
+            server(name=evil, status='ERROR\n\x1b'),
+        )
+        self.assertEqual(1, len(str(err).splitlines()), str(err))
+        self.assertNotIn('\x1b', str(err))
+        self.run_backup(srv)
+        self.assertNotIn('forged line\n', self.err.getvalue())
+        self.assertNotIn('\x1b', self.err.getvalue())
