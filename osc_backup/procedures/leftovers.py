@@ -197,19 +197,27 @@ def remove_leftovers(
     *,
     interval: float = waits.DEFAULT_INTERVAL,
 ) -> list[Leftover]:
-    """Delete them, in :data:`KINDS` order, each waited until gone.
+    """Delete them, in :data:`KINDS` order, each waited until gone; what
+    failed is tried once more at the end (a volume cannot go while one of
+    the snapshots removed after it still exists).
 
     Sets ``result`` on each; returns the ones that could not be removed.
     """
-    failed: list[Leftover] = []
-    for lo in sorted(leftovers, key=lambda lo: KINDS.index(lo.kind)):
-        reporter.step(f'Deleting {lo.kind} {lo.id}')
-        try:
-            _remove(conn, lo, interval)
-            lo.result = 'deleted'
-        except Exception as exc:
-            lo.result = f'failed: {exc}'
-            failed.append(lo)
+    failed = sorted(leftovers, key=lambda lo: KINDS.index(lo.kind))
+    for _attempt in range(2):
+        todo, failed = failed, []
+        for lo in todo:
+            reporter.step(f'Deleting {lo.kind} {lo.id}')
+            try:
+                _remove(conn, lo, interval)
+                lo.result = 'deleted'
+            except Exception as exc:
+                LOG.debug('Removing %s %s failed', lo.kind, lo.id,
+                          exc_info=True)
+                lo.result = f'failed: {exc}'
+                failed.append(lo)
+        if not failed or len(failed) == len(todo):
+            break
     return failed
 
 

@@ -32,9 +32,10 @@ class TestCleanup(base.FunctionalTestCase):
         return f'osc-backup-tmp-{self.run_id}-{role}-of-ft'
 
     def volume(self, name, *metadata):
-        cmd = ['volume', 'create', '--size', '1', name]
+        cmd = ['volume', 'create', '--size', '1']
         for item in metadata:
-            cmd[3:3] = ['--property', item]
+            cmd += ['--property', item]
+        cmd.append(name)
         vol = self.openstack(cmd, parse_output=True)
         self.addCleanup(self._delete_volume, vol['id'], base.MEMBER_CLOUD)
         return self.wait_for_status('volume', vol['id'], 'available')
@@ -75,8 +76,10 @@ class TestCleanup(base.FunctionalTestCase):
         planted = {}
         tmp_vol = self.volume(self.tmp('volume'), *run_md)
         planted[tmp_vol['id']] = 'volume'
+        # the user's volume, which a run snapshots (not touched)
+        user_vol = self.volume(f'ft-{self.run_id}', *run_md)
         snap = self.openstack(
-            ['volume', 'snapshot', 'create', '--volume', tmp_vol['id'],
+            ['volume', 'snapshot', 'create', '--volume', user_vol['id'],
              '--property', TOOL_MD, '--property',
              f'osc_backup_run_id={self.run_id}', self.tmp('snapshot')],
             parse_output=True)
@@ -96,8 +99,7 @@ class TestCleanup(base.FunctionalTestCase):
         look_alikes = {}
         look_alikes[self.volume(f'osc-backup-tmp-volume-of-{self.run_id}',
                                 *run_md)['id']] = 'volume'
-        look_alikes[self.volume(f'ft-{self.run_id}', *run_md)['id']] = (
-            'volume')
+        look_alikes[user_vol['id']] = 'volume'
         look_alikes[self.image(f'osc-backup-tmp-image-of-{self.run_id}',
                                f'osc_backup_run_id={self.run_id}')['id']] = (
             'image')

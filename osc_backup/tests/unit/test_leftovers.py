@@ -206,6 +206,27 @@ class TestRemove(CloudTestCase):
         # the rest went on
         self.km.delete_secret.assert_called_once()
 
+    def test_volume_with_a_leftover_snapshot_goes_after_it(self):
+        snapshot_gone = []
+
+        def del_vol(v, **k):
+            if v.id == self.tmp_vol.id and not snapshot_gone:
+                raise sdk_exc.BadRequestException('has dependent snapshots')
+
+        self.bs.delete_volume.side_effect = del_vol
+        self.bs.delete_snapshot.side_effect = (
+            lambda s, **k: snapshot_gone.append(s.id)
+        )
+        found = self.find(RUN.run_id)
+        failed = leftovers.remove_leftovers(
+            self.conn, found, self.reporter, interval=0
+        )
+        self.assertEqual([], failed)
+        self.assertEqual(
+            [self.tmp_vol.id, self.target.id, self.tmp_vol.id],
+            [c.args[0].id for c in self.bs.delete_volume.call_args_list],
+        )
+
     def test_remove_commands(self):
         by_id = {lo.id: lo for lo in self.find(RUN.run_id)}
         self.assertEqual(
