@@ -432,7 +432,9 @@ def restore(
                 how = 'backup restored onto existing volume (--force)'
             reporter.step(f'Restoring backup {res.id} onto volume {vol.id}')
             try:
-                bs.restore_backup(res, volume=vol.id)
+                # positional: the keyword is volume_id up to openstacksdk
+                # 4.13 and volume from 4.14 on
+                bs.restore_backup(res, vol.id)
             except sdk_exc.HttpException as exc:
                 raise errors.BackupError(
                     f'Cinder refused to restore backup {res.id} onto volume '

@@ -150,7 +150,7 @@ class TestRestoreBackup(RestoreTestCase):
             'luks', ignore_missing=False
         )
         self.bs.restore_backup.assert_called_once_with(
-            self.backup, volume=self.new.id
+            self.backup, self.new.id
         )
         # bootable flag recorded true, new volume false: set it
         self.bs.set_volume_bootable_status.assert_called_once_with(
@@ -169,6 +169,25 @@ class TestRestoreBackup(RestoreTestCase):
              (self.backup, 'available')],
             statuses,
         )
+
+    def test_restore_call_fits_every_supported_openstacksdk(self):
+        # Proxy.restore_backup(backup, volume_id=None, name=None) up to
+        # openstacksdk 4.13 (the floor is 4.5), (backup, volume=None,
+        # name=None) from 4.14 on: the call must bind to both, and the
+        # target must be the new volume either way.
+        def up_to_4_13(backup, volume_id=None, name=None):
+            return volume_id
+
+        def from_4_14(backup, volume=None, name=None):
+            return volume
+
+        self.restore()
+        call = self.bs.restore_backup.call_args
+        for signature in (up_to_4_13, from_4_14):
+            self.assertEqual(
+                self.new.id, signature(*call.args, **call.kwargs),
+                signature.__name__,
+            )
 
     def test_type_name_and_description_given(self):
         result = self.restore(volume_type='file', name='n', description='d')
@@ -307,7 +326,7 @@ class TestRestoreOntoExisting(RestoreTestCase):
         )
         self.bs.create_volume.assert_not_called()
         self.bs.restore_backup.assert_called_once_with(
-            self.backup, volume=self.target.id
+            self.backup, self.target.id
         )
         self.bs.set_volume_bootable_status.assert_not_called()
         self.assertIn('existing volume', result['restore_method'])

@@ -402,7 +402,7 @@ class TestRestoreVolume(base.TestCommand):
         self.assertEqual(self.new.id, result['volume_id'])
         self.assertEqual('r', result['name'])
         self.block_storage.restore_backup.assert_called_once_with(
-            self.backup, volume=self.new.id
+            self.backup, self.new.id
         )
 
     def test_unknown_source(self):
