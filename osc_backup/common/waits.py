@@ -165,25 +165,31 @@ def user_message(proxy: Any, resource_id: str) -> str:
 
     Cinder records why an asynchronous operation failed (``No valid
     backend was found``...) as a user message, available from Block
-    Storage microversion 3.3 on; openstacksdk sends none for it by itself.
+    Storage microversion 3.3 on. The request is made directly: the SDK's
+    ``messages()`` exists only from openstacksdk 4.16 (our floor is older)
+    and sends no microversion by itself (Cinder then answers 404).
     A failing lookup returns '' (it must never mask the error it explains).
     """
-    messages = getattr(proxy, 'messages', None)
-    if messages is None:
-        return ''
     try:
+        resp = proxy.get(
+            '/messages',
+            params={'sort': 'created_at:desc', 'limit': 50},
+            microversion=MESSAGES_MICROVERSION,
+        )
+        if resp.status_code != 200:
+            return ''
         found = [
-            msg
-            for msg in messages(microversion=MESSAGES_MICROVERSION)
-            if getattr(msg, 'resource_uuid', None) == resource_id
+            msg for msg in resp.json().get('messages') or []
+            if isinstance(msg, dict)
+            and msg.get('resource_uuid') == resource_id
         ]
     except Exception as exc:  # a fault lookup must never mask the error
         LOG.debug('Could not read Cinder user messages: %s', exc)
         return ''
     if not found:
         return ''
-    newest = max(found, key=lambda m: str(getattr(m, 'created_at', '') or ''))
-    return printable(getattr(newest, 'user_message', '') or '')
+    newest = max(found, key=lambda m: str(m.get('created_at') or ''))
+    return printable(str(newest.get('user_message') or ''))
 
 
 def _is_transient(exc: BaseException) -> bool:

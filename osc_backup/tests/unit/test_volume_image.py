@@ -359,7 +359,6 @@ class TestInUseVolume(ProcedureTestCase):
         self.bs.get_snapshot.side_effect = lambda sid: fakes.snapshot(
             id=sid, status='error'
         )
-        self.bs.messages.return_value = iter([])
         exc = self.assertRaises(
             errors.WaitError, self.run_backup, fakes.volume(status='in-use')
         )
@@ -380,7 +379,6 @@ class TestInUseVolume(ProcedureTestCase):
         self.bs.get_volume.side_effect = lambda vid: fakes.volume(
             id=vid, status='error'
         )
-        self.bs.messages.return_value = iter([])
         exc = self.assertRaises(
             errors.WaitError, self.run_backup, fakes.volume(status='in-use')
         )

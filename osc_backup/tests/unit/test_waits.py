@@ -38,10 +38,9 @@ class TestWaitForStatus(base.TestCase):
         self.bs.get_volume.return_value = fakes.volume(
             id=self.vol.id, status='error'
         )
-        msg = mock.Mock(
-            resource_uuid=self.vol.id, user_message='No valid host'
-        )
-        self.bs.messages.return_value = iter([msg])
+        self.bs.get.return_value = fakes.response(200, {'messages': [
+            {'resource_uuid': self.vol.id, 'user_message': 'No valid host'},
+        ]})
         exc = self.assertRaises(
             errors.WaitError,
             waits.wait_for_status,
@@ -55,24 +54,24 @@ class TestWaitForStatus(base.TestCase):
         self.assertIn('No valid host', text)
         # user messages exist from Block Storage 3.3 on; without it Cinder
         # answers 404 and the fault is never found
-        self.bs.messages.assert_called_once_with(
-            microversion=waits.MESSAGES_MICROVERSION
+        self.bs.get.assert_called_once_with(
+            '/messages', params={'sort': 'created_at:desc', 'limit': 50},
+            microversion='3.3',
         )
-        self.assertEqual('3.3', waits.MESSAGES_MICROVERSION)
 
     def test_newest_user_message_of_the_resource_wins(self):
         self.bs.wait_for_status.side_effect = sdk_exc.ResourceFailure('x')
         self.bs.get_volume.return_value = fakes.volume(
             id=self.vol.id, status='error'
         )
-        self.bs.messages.return_value = iter([
-            mock.Mock(resource_uuid=self.vol.id, user_message='old',
-                      created_at='2026-01-01T00:00:00.000000'),
-            mock.Mock(resource_uuid='other', user_message='not this one',
-                      created_at='2026-01-03T00:00:00.000000'),
-            mock.Mock(resource_uuid=self.vol.id, user_message='new\x1b[2J',
-                      created_at='2026-01-02T00:00:00.000000'),
-        ])
+        self.bs.get.return_value = fakes.response(200, {'messages': [
+            dict(resource_uuid=self.vol.id, user_message='old',
+                 created_at='2026-01-01T00:00:00.000000'),
+            dict(resource_uuid='other', user_message='not this one',
+                 created_at='2026-01-03T00:00:00.000000'),
+            dict(resource_uuid=self.vol.id, user_message='new\x1b[2J',
+                 created_at='2026-01-02T00:00:00.000000'),
+        ]})
         exc = self.assertRaises(
             errors.WaitError,
             waits.wait_for_status,
@@ -86,7 +85,7 @@ class TestWaitForStatus(base.TestCase):
         self.bs.get_volume.return_value = fakes.volume(
             id=self.vol.id, status='error'
         )
-        self.bs.messages.side_effect = sdk_exc.HttpException('boom')
+        self.bs.get.side_effect = sdk_exc.HttpException('boom')
         exc = self.assertRaises(
             errors.WaitError,
             waits.wait_for_status,
@@ -199,9 +198,9 @@ class TestRealWaits(base.TestCase):
 
     def test_error_deleting_gives_up_at_once(self):
         self.cloud.timeline(self.vol, 'deleting', 'error_deleting')
-        self.bs.messages.return_value = iter([mock.Mock(
+        self.bs.get.return_value = fakes.response(200, {'messages': [dict(
             resource_uuid=self.vol.id, created_at='2026',
-            user_message='Delete volume failed: the backend is busy')])
+            user_message='Delete volume failed: the backend is busy')]})
         started = time.monotonic()
         exc = self.assertRaises(errors.DeleteFailed, self.delete_wait)
         self.assertLess(time.monotonic() - started, 1)
@@ -211,7 +210,8 @@ class TestRealWaits(base.TestCase):
         self.assertIn(f"could not delete volume {self.vol.id}", text)
         self.assertIn("'error_deleting'", text)
         self.assertIn('the backend is busy', text)
-        self.bs.messages.assert_called_once_with(microversion='3.3')
+        self.assertEqual(
+            '3.3', self.bs.get.call_args.kwargs['microversion'])
 
     def test_a_failed_backup_deletion_is_error(self):
         backup = fakes.volume(status='deleting')  # any resource will do
