@@ -38,9 +38,10 @@ import uuid
 from dataclasses import dataclass, field
 
 from osc_backup.common import errors
+from osc_backup.common import records
 
 TOOL = 'osc-backup'
-PREFIX = 'osc_backup_'
+PREFIX = records.PREFIX
 
 #: Name prefixes (see the module docstring).
 TEMPORARY_PREFIX = f'{TOOL}-tmp-'
@@ -52,12 +53,6 @@ _TAGGED_NAME = re.compile(
     rf'^(?P<prefix>{re.escape(TEMPORARY_PREFIX)}|{re.escape(KEY_PREFIX)})'
     rf'(?P<run_id>{RUN_ID_PATTERN})-.'
 )
-
-#: Metadata keys on temporary volumes and snapshots.
-KEY_TOOL = PREFIX + 'tool'
-KEY_RUN_ID = PREFIX + 'run_id'
-KEY_TEMPORARY = PREFIX + 'temporary'
-KEY_SOURCE_VOLUME = PREFIX + 'source_volume_id'
 
 
 def tool_version() -> str:
@@ -103,10 +98,10 @@ class Run:
 
     def temporary_metadata(self, source_volume_id: str) -> dict[str, str]:
         return {
-            KEY_TOOL: TOOL,
-            KEY_RUN_ID: self.run_id,
-            KEY_TEMPORARY: 'true',
-            KEY_SOURCE_VOLUME: source_volume_id,
+            records.TOOL: TOOL,
+            records.RUN_ID: self.run_id,
+            records.TEMPORARY: 'true',
+            records.SOURCE_VOLUME_ID: source_volume_id,
         }
 
     def default_name(self, source: str) -> str:
@@ -143,4 +138,4 @@ def tagged_name(name: str | None) -> tuple[str, str] | None:
 
 def is_temporary(metadata: dict[str, str] | None) -> bool:
     md = metadata or {}
-    return md.get(KEY_TOOL) == TOOL and md.get(KEY_TEMPORARY) == 'true'
+    return md.get(records.TOOL) == TOOL and md.get(records.TEMPORARY) == 'true'

@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
@@ -102,9 +103,9 @@ def _metadata_agrees(metadata: dict[str, str] | None, run_id: str) -> bool:
     """A volume's or snapshot's own metadata must not name another run or
     tool (it may be missing: Cinder's backup restore replaces it)."""
     md = metadata or {}
-    if md.get(tags.KEY_TOOL, tags.TOOL) != tags.TOOL:
+    if md.get(records.TOOL, tags.TOOL) != tags.TOOL:
         return False
-    return md.get(tags.KEY_RUN_ID, run_id) == run_id
+    return md.get(records.RUN_ID, run_id) == run_id
 
 
 def _block_storage(conn: Any, run_id: str | None) -> Iterable[Leftover]:

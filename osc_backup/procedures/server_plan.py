@@ -49,6 +49,7 @@ from openstack import exceptions as sdk_exc
 from osc_backup.common import backup_set
 from osc_backup.common import errors
 from osc_backup.common import lookup
+from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common.text import printable
 from osc_backup.common import volumes
@@ -65,14 +66,6 @@ ROLE_VOLUME = server_manifest.ROLE_VOLUME
 
 #: Nova takes createImage in these vm states (task_state must be None)
 SNAPSHOT_STATES = ('ACTIVE', 'SHUTOFF', 'PAUSED', 'SUSPENDED')
-
-#: The record keys that tie an artifact to its server.
-PROP_SERVER_ID = tags.PREFIX + 'server_id'
-PROP_SERVER_NAME = tags.PREFIX + 'server_name'
-PROP_ROLE = tags.PREFIX + 'server_disk'
-PROP_DEVICE = tags.PREFIX + 'device'
-PROP_BOOT_INDEX = tags.PREFIX + 'boot_index'
-PROP_FLAVOR = tags.PREFIX + 'flavor'
 
 NOTE_VOLUME_BACKED = (
     "Server {server} boots from volume {volume}. Nova's createImage "
@@ -283,13 +276,13 @@ def _device_slug(device: str | None) -> str:
 def disk_record(server: Any, disk: Disk) -> dict[str, str]:
     """The osc_backup_* keys that tie an artifact to its server."""
     record = {
-        PROP_SERVER_ID: server.id,
-        PROP_SERVER_NAME: server.name or '',
-        PROP_ROLE: disk.role,
-        PROP_DEVICE: disk.device or '',
+        records.SERVER_ID: server.id,
+        records.SERVER_NAME: server.name or '',
+        records.SERVER_DISK: disk.role,
+        records.DEVICE: disk.device or '',
     }
     if disk.boot_index is not None:
-        record[PROP_BOOT_INDEX] = str(disk.boot_index)
+        record[records.BOOT_INDEX] = str(disk.boot_index)
     return record
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
+from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
@@ -58,7 +59,7 @@ def root_record(
     and the user's properties."""
     metadata = {
         **volume_image.base_record(METHOD, plan.consistency, run),
-        server_plan.PROP_FLAVOR: server_manifest.flavor_name(server),
+        records.FLAVOR: server_manifest.flavor_name(server),
         **server_plan.disk_record(server, disk),
         **opts.properties,
     }

@@ -93,6 +93,7 @@ from typing import Any
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
+from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
@@ -114,17 +115,14 @@ MV_ENCRYPTION_KEY = '3.64'
 CRASH_WARNING = volume_image.CRASH_WARNING
 
 #: Metadata keys recorded on every backup (same as the image properties).
-KEY_TOOL = volume_image.PROP_TOOL
-KEY_METHOD = volume_image.PROP_METHOD
-KEY_SOURCE_ID = volume_image.PROP_SOURCE_ID
-KEY_SOURCE_NAME = volume_image.PROP_SOURCE_NAME
-KEY_VOLUME_TYPE = volume_image.PROP_VOLUME_TYPE
-KEY_SIZE = volume_image.PROP_SIZE
-KEY_BOOTABLE = volume_image.PROP_BOOTABLE
-KEY_ENCRYPTED = volume_image.PROP_ENCRYPTED
-KEY_CONSISTENCY = volume_image.PROP_CONSISTENCY
-KEY_RUN_ID = volume_image.PROP_RUN_ID
-KEY_ENCRYPTION_KEY = tags.PREFIX + 'encryption_key_id'
+KEY_METHOD = records.METHOD
+KEY_SOURCE_ID = records.SOURCE_VOLUME_ID
+KEY_SOURCE_NAME = records.SOURCE_VOLUME_NAME
+KEY_VOLUME_TYPE = records.VOLUME_TYPE
+KEY_SIZE = records.VOLUME_SIZE_GB
+KEY_BOOTABLE = records.BOOTABLE
+KEY_ENCRYPTED = records.ENCRYPTED
+KEY_CONSISTENCY = records.CONSISTENCY
 
 #: What Cinder says when no backup service can take a request.
 SCHEDULER_REJECTION = 'Service not found for creating backup'
@@ -213,7 +211,7 @@ def _rejected(backup: Any) -> bool:
 
 
 def _ours(backup: Any) -> bool:
-    return (backup.metadata or {}).get(KEY_TOOL) == tags.TOOL
+    return (backup.metadata or {}).get(records.TOOL) == tags.TOOL
 
 
 def _reported(service: Any) -> datetime.datetime | None:
@@ -690,7 +688,7 @@ def _record_key(
             # replaces the whole metadata
             current = _get(bs, backup.id) or backup
             metadata = dict(current.metadata or {})
-            metadata[KEY_ENCRYPTION_KEY] = str(key_id)
+            metadata[records.ENCRYPTION_KEY_ID] = str(key_id)
             bs.update_backup(current, metadata=metadata)
         except Exception as exc:  # the backup is complete: only a note
             LOG.debug('Recording the key ID failed', exc_info=True)

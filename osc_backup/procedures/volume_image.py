@@ -57,6 +57,7 @@ from openstack import exceptions as sdk_exc
 from osc_backup.common import backup_set
 from osc_backup.common import errors
 from osc_backup.common import microversion
+from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
@@ -76,20 +77,6 @@ CONSISTENCY = volumes.CONSISTENCY
 
 DISK_FORMATS = ('raw', 'qcow2', 'vmdk', 'vdi', 'vhd', 'vhdx')
 CONTAINER_FORMATS = ('bare', 'ovf', 'ova', 'docker', 'compressed')
-
-#: Image properties recorded on every backup image (keys).
-PROP_METHOD = tags.PREFIX + 'method'
-PROP_SOURCE_ID = tags.PREFIX + 'source_volume_id'
-PROP_SOURCE_NAME = tags.PREFIX + 'source_volume_name'
-PROP_VOLUME_TYPE = tags.PREFIX + 'volume_type'
-PROP_SIZE = tags.PREFIX + 'volume_size_gb'
-PROP_BOOTABLE = tags.PREFIX + 'bootable'
-PROP_ENCRYPTED = tags.PREFIX + 'encrypted'
-PROP_CONSISTENCY = tags.PREFIX + 'consistency'
-PROP_RUN_ID = tags.KEY_RUN_ID
-PROP_TOOL = tags.KEY_TOOL
-PROP_VERSION = tags.PREFIX + 'tool_version'
-PROP_CREATED = tags.PREFIX + 'created_at'
 
 CRASH_WARNING = (
     "volume {volume} is in-use: the backup is crash-consistent (like "
@@ -217,12 +204,12 @@ def base_record(
 ) -> dict[str, str]:
     """The record keys every backup artifact carries, whatever its source."""
     return {
-        PROP_TOOL: tags.TOOL,
-        PROP_METHOD: method,
-        PROP_CONSISTENCY: consistency,
-        PROP_RUN_ID: run.run_id,
-        PROP_VERSION: tags.tool_version(),
-        PROP_CREATED: run.started.isoformat(timespec='seconds'),
+        records.TOOL: tags.TOOL,
+        records.METHOD: method,
+        records.CONSISTENCY: consistency,
+        records.RUN_ID: run.run_id,
+        records.TOOL_VERSION: tags.tool_version(),
+        records.CREATED_AT: run.started.isoformat(timespec='seconds'),
     }
 
 
@@ -239,12 +226,12 @@ def record_properties(
     """What a restore and a catalog need, as image properties."""
     return {
         **base_record(METHOD, consistency, run),
-        PROP_SOURCE_ID: volume.id,
-        PROP_SOURCE_NAME: volume.name or '',
-        PROP_VOLUME_TYPE: volume.volume_type or '',
-        PROP_SIZE: str(volume.size),
-        PROP_BOOTABLE: str(bool(volume.is_bootable)).lower(),
-        PROP_ENCRYPTED: str(bool(volume.is_encrypted)).lower(),
+        records.SOURCE_VOLUME_ID: volume.id,
+        records.SOURCE_VOLUME_NAME: volume.name or '',
+        records.VOLUME_TYPE: volume.volume_type or '',
+        records.VOLUME_SIZE_GB: str(volume.size),
+        records.BOOTABLE: str(bool(volume.is_bootable)).lower(),
+        records.ENCRYPTED: str(bool(volume.is_encrypted)).lower(),
     }
 
 

@@ -54,6 +54,7 @@ from typing import Any
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
+from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
@@ -69,7 +70,6 @@ IMAGE = 'image'
 
 MV_REIMAGE = '3.68'
 
-KEY_RESTORED_FROM = tags.PREFIX + 'restored_from'
 
 VOLUME_FAILURES = ['error', 'error_restoring', 'error_extending', 'deleted']
 
@@ -200,7 +200,7 @@ def prepare(
         gib = 1024**3
         from_bytes = -(-int(res.size or 0) // gib)
         size = max(
-            _int(record.get(volume_image.PROP_SIZE)) or 0,
+            _int(record.get(records.VOLUME_SIZE_GB)) or 0,
             int(getattr(res, 'min_disk', 0) or 0),
             from_bytes,
         )
@@ -208,8 +208,8 @@ def prepare(
         raise errors.InvalidInput(
             f'Cannot tell the size of {source.kind} {res.id}.'
         )
-    bootable = _bool(record.get(volume_image.PROP_BOOTABLE))
-    source_name = record.get(volume_image.PROP_SOURCE_NAME) or (
+    bootable = _bool(record.get(records.BOOTABLE))
+    source_name = record.get(records.SOURCE_VOLUME_NAME) or (
         res.name or res.id
     )
 
@@ -239,7 +239,7 @@ def prepare(
         name = target.name or target.id
     else:
         volume_type = opts.volume_type or (
-            record.get(volume_image.PROP_VOLUME_TYPE) or None
+            record.get(records.VOLUME_TYPE) or None
         )
         if volume_type:
             try:
@@ -319,7 +319,7 @@ def _new_volume(
         or f'Restored by osc-backup from {plan.source.kind} {res.id}',
         'metadata': {
             **_target_metadata(plan, run),
-            tags.KEY_TEMPORARY: 'true',
+            records.TEMPORARY: 'true',
         },
     }
     if plan.volume_type:
@@ -345,9 +345,9 @@ def _new_volume(
 def _target_metadata(plan: Plan, run: tags.Run) -> dict[str, str]:
     res = plan.source.resource
     return {
-        tags.KEY_TOOL: tags.TOOL,
-        tags.KEY_RUN_ID: run.run_id,
-        KEY_RESTORED_FROM: f'{plan.source.kind}:{res.id}',
+        records.TOOL: tags.TOOL,
+        records.RUN_ID: run.run_id,
+        records.RESTORED_FROM: f'{plan.source.kind}:{res.id}',
     }
 
 
@@ -360,7 +360,7 @@ def _finish_new_volume(bs: Any, vol: Any, plan: Plan, run: tags.Run) -> Any:
     # from its local copy after the call and fails with KeyError when that
     # copy lacks it.
     try:
-        bs.delete_volume_metadata(vol.id, keys=[tags.KEY_TEMPORARY])
+        bs.delete_volume_metadata(vol.id, keys=[records.TEMPORARY])
     except sdk_exc.NotFoundException:
         pass  # Cinder's restore replaced the metadata already
     bs.set_volume_metadata(vol.id, **_target_metadata(plan, run))
@@ -502,7 +502,7 @@ def restore(
         'source_kind': source.kind,
         'source_id': res.id,
         'source_name': res.name,
-        'source_volume_id': record.get(volume_image.PROP_SOURCE_ID),
+        'source_volume_id': record.get(records.SOURCE_VOLUME_ID),
         'restore_method': how,
         'encryption_key_id': key_id,
         'run_id': run.run_id,

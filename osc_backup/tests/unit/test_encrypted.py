@@ -8,6 +8,7 @@ import fixtures
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
+from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common.cleanup import Cleanup
 from osc_backup.common import backup_set
@@ -362,8 +363,8 @@ class TestVolumeRestoreEncrypted(base.TestCase):
         self.image = fakes.image(
             status='active', size=1024**3, min_disk=0, name='img',
             properties={
-                volume_image.PROP_VOLUME_TYPE: 'luks',
-                volume_image.PROP_SIZE: '1',
+                records.VOLUME_TYPE: 'luks',
+                records.VOLUME_SIZE_GB: '1',
                 secrets.IMAGE_KEY_ID: OLD_KEY,
             })
         self.bs.find_type.return_value = mock.Mock(id='t')
