@@ -63,13 +63,6 @@ class ImageTestCase(base.FunctionalTestCase):
             return self.run_cli(argv)
         return self.openstack(argv, parse_output=True)
 
-    def run_cli(self, argv):
-        p = subprocess.run(
-            [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, *argv],
-            env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, timeout=base.COMMAND_TIMEOUT)
-        return p
-
     def store_path(self, image_id):
         """The image's file in Glance's filesystem store (minicloud)."""
         state = os.path.dirname(base.clouds_yaml())
