@@ -45,6 +45,11 @@ class DeleteFailed(WaitError):
     """The cloud accepted a deletion, then failed it (``error_deleting``)."""
 
 
+class DeleteRefused(WaitError):
+    """The cloud accepted a deletion, then put the resource back as it was
+    (Cinder does so with a snapshot its driver reports busy)."""
+
+
 class CleanupError(BackupError):
     """Temporary resources could not be removed; the message says how."""
 

@@ -78,7 +78,7 @@ def volume_label(volume: Any) -> str:
 
 def _settle(
     block_storage: Any, resource: Any, kind: str, step: str,
-    interval: float, failures: list[str],
+    interval: float | None, failures: list[str],
 ) -> Any:
     """Wait until a resource about to be deleted is no longer busy.
 
@@ -102,7 +102,7 @@ def delete_volume(
     volume_id: str,
     *,
     step: str,
-    interval: float = waits.DEFAULT_INTERVAL,
+    interval: float | None = waits.DEFAULT_INTERVAL,
 ) -> None:
     """Delete a volume we created and wait until it is gone."""
     try:
@@ -114,7 +114,8 @@ def delete_volume(
             block_storage, volume, 'volume', step, interval,
             ['error', 'error_restoring', 'error_extending'],
         )
-    block_storage.delete_volume(volume, ignore_missing=True)
+    if volume.status != 'deleting':  # Cinder refuses a second request
+        block_storage.delete_volume(volume, ignore_missing=True)
     waits.wait_for_delete(
         block_storage, volume, kind='volume', step=step,
         timeout=CLEANUP_TIMEOUT, interval=interval,
@@ -126,9 +127,16 @@ def delete_snapshot(
     snapshot_id: str,
     *,
     step: str,
-    interval: float = waits.DEFAULT_INTERVAL,
+    interval: float | None = waits.DEFAULT_INTERVAL,
 ) -> None:
-    """Delete a snapshot we created and wait until it is gone."""
+    """Delete a snapshot we created and wait until it is gone.
+
+    Its deletion may have been requested already (:func:`release_snapshot`):
+    then this waits for it. A driver that refuses to delete a snapshot
+    while a volume made from it exists makes Cinder put it back to
+    ``available``; it is asked once more (the undo of such a volume runs
+    first), and a second refusal is an error.
+    """
     try:
         snap = block_storage.get_snapshot(snapshot_id)
     except sdk_exc.NotFoundException:
@@ -136,11 +144,33 @@ def delete_snapshot(
     if snap.status == 'creating':
         snap = _settle(block_storage, snap, 'snapshot', step, interval,
                        ['error'])
-    block_storage.delete_snapshot(snap, ignore_missing=True)
-    waits.wait_for_delete(
-        block_storage, snap, kind='snapshot', step=step,
-        timeout=CLEANUP_TIMEOUT, interval=interval,
-    )
+    for last in (False, True):
+        if snap.status != 'deleting':  # Cinder refuses a second request
+            block_storage.delete_snapshot(snap, ignore_missing=True)
+        try:
+            waits.wait_for_delete(
+                block_storage, snap, kind='snapshot', step=step,
+                timeout=CLEANUP_TIMEOUT, interval=interval,
+                refused=('available',),
+            )
+            return
+        except errors.DeleteRefused:
+            if last:
+                raise
+            LOG.debug('Snapshot %s put back: asking again', snapshot_id)
+
+
+def release_snapshot(block_storage: Any, snapshot: Any) -> None:
+    """Ask for the deletion of a temporary snapshot as soon as the volume
+    made from it is ``available``, without waiting: the deletion then runs
+    while the volume is used. Its undo action (:func:`delete_snapshot`)
+    waits for it at the end, and asks again where the driver refused while
+    the volume existed. A failed request is left to that undo action."""
+    try:
+        block_storage.delete_snapshot(snapshot, ignore_missing=True)
+    except Exception as exc:
+        LOG.debug('Early deletion of snapshot %s not accepted: %s',
+                  snapshot.id, exc)
 
 
 def create_temporary_snapshot(
@@ -150,7 +180,7 @@ def create_temporary_snapshot(
     run: Run,
     cleanup: Cleanup,
     timeout: float | waits.Deadline,
-    interval: float = waits.DEFAULT_INTERVAL,
+    interval: float | None = waits.DEFAULT_INTERVAL,
 ) -> Any:
     """Snapshot ``volume`` (forced only where the microversion needs it),
     register its deletion, and wait until it is ``available``."""
@@ -188,7 +218,7 @@ def create_temporary_volume(
     run: Run,
     cleanup: Cleanup,
     timeout: float | waits.Deadline,
-    interval: float = waits.DEFAULT_INTERVAL,
+    interval: float | None = waits.DEFAULT_INTERVAL,
 ) -> Any:
     """A temporary volume from ``snapshot``; deletion registered; waits
     until ``available``."""

@@ -25,6 +25,24 @@ timeout message names the option that set it.
 
 A deletion the cloud accepted but then failed (Cinder's ``error_deleting``;
 ``error`` for a backup) ends the wait at once: waiting longer cannot help.
+
+Polling policy
+--------------
+One policy for every wait (:func:`poll_interval`): poll at once, then every
+:data:`FIRST_INTERVAL` (0.2 s); once the wait has lasted longer, every
+:data:`GROWTH` (a tenth) of the time waited so far, up to
+:data:`MAX_INTERVAL` (5 s). A step that takes the cloud ``T`` seconds is
+therefore seen done at most about ``T/10`` (and never more than 5 s) after
+it happened, where a fixed 2 s tick cost up to 2 s per step, and the
+request rate falls as a wait goes on: about 10 requests in the first 2 s,
+about 50 in the first minute, then 12 per minute (about 760 requests for a
+wait of an hour).
+
+The polling itself is openstacksdk's ``wait_for_status`` /
+``wait_for_delete`` (fetch, compare, failure states), called for windows
+of :data:`POLLS_PER_WINDOW` polls at one interval; the interval is
+recomputed between windows. Callers may pass a fixed ``interval`` instead
+(tests do).
 """
 
 from __future__ import annotations
@@ -80,7 +98,18 @@ DELETE_FAILURES: dict[str, list[str]] = {
 #: goes out as 3.0 and Cinder answers 404.
 MESSAGES_MICROVERSION = '3.3'
 
-DEFAULT_INTERVAL = 2.0
+#: ``interval`` for the adaptive policy (:func:`poll_interval`)
+DEFAULT_INTERVAL: float | None = None
+#: the first polls' interval, seconds
+FIRST_INTERVAL = 0.2
+#: later, the interval is this fraction of the time waited so far...
+GROWTH = 0.1
+#: ...but never more than this, seconds
+MAX_INTERVAL = 5.0
+#: polls per call of openstacksdk's wait (the interval is fixed within one)
+POLLS_PER_WINDOW = 5
+#: a deadline closer than this is a deadline reached
+_NO_TIME = 0.05
 
 #: transient errors (dropped connections, 502/503/504) ridden out in a row
 TRANSIENT_RETRIES = 5
@@ -204,32 +233,71 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def _riding_out_blips(
-    call: Callable[[int], T],
-    timeout: float | Deadline,
-    interval: float,
-    lost: str,
-) -> T:
-    """Run one SDK wait; if a poll hits a transient error, poll again.
+def poll_interval(elapsed: float) -> float:
+    """Seconds between two polls of a wait that has lasted ``elapsed``
+    seconds (the module's polling policy)."""
+    return min(MAX_INTERVAL, max(FIRST_INTERVAL, elapsed * GROWTH))
 
-    A long wait makes hundreds of requests; one of them meeting a
-    keep-alive connection the server is just closing, or a load balancer's
-    502, must not end a run that holds temporary resources. At most
-    ``TRANSIENT_RETRIES`` such errors in a row, and never past the budget.
+
+def _polling(
+    call: Callable[[float, float], T],
+    deadline: Deadline,
+    interval: float | None,
+    lost: str,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Run openstacksdk's wait ``call(interval, window)`` until it ends.
+
+    With ``interval=None`` the wait goes in windows of
+    :data:`POLLS_PER_WINDOW` polls, each window at the interval
+    :func:`poll_interval` gives for the time waited so far; a fixed
+    ``interval`` polls at that pace until the deadline in one call.
+    Never past ``deadline``: the last window ends with openstacksdk's
+    ``ResourceTimeout``.
+
+    A poll that meets a transient error (a keep-alive connection the
+    server is just closing, a load balancer's 502) is retried: at most
+    ``TRANSIENT_RETRIES`` such errors in a row, and never past the
+    deadline. A long wait makes hundreds of requests, and one blip must
+    not end a run that holds temporary resources.
     """
-    deadline = timeout if isinstance(timeout, Deadline) else Deadline(timeout)
+    started = clock()
     blips = 0
     while True:
+        left = deadline.remaining()
+        if left <= _NO_TIME:
+            raise sdk_exc.ResourceTimeout('deadline reached')
+        if interval is None:
+            step = min(poll_interval(clock() - started), left)
+            window = min(step * POLLS_PER_WINDOW, left)
+        else:
+            step = interval
+            window = float(max(1, round(left)))
+        began = clock()
         try:
-            return call(max(1, round(deadline.remaining())))
+            return call(step, window)
+        except sdk_exc.ResourceTimeout:
+            if interval is not None:
+                raise
+            blips = 0  # the window's polls went through
+            # a window never ends early (that would poll in a busy loop)
+            rest = min(began + window - clock(), deadline.remaining())
+            if rest > 0:
+                sleep(rest)
         except Exception as exc:
             if not _is_transient(exc):
                 raise
             blips += 1
-            if blips > TRANSIENT_RETRIES or deadline.remaining() <= interval:
+            if blips > TRANSIENT_RETRIES or deadline.remaining() <= step:
                 raise errors.WaitError(f'{lost}: {exc}') from exc
             LOG.debug('Transient error while polling (%d): %s', blips, exc)
-            time.sleep(interval)
+            sleep(step)
+
+
+def _same_status(current: Any, wanted: str) -> bool:
+    return isinstance(current, str) and current.lower() == wanted.lower()
 
 
 def _refresh(proxy: Any, resource: Any, kind: str) -> Any | None:
@@ -255,7 +323,7 @@ def wait_for_status(
     step: str,
     timeout: float | Deadline,
     failures: list[str] | None = None,
-    interval: float = DEFAULT_INTERVAL,
+    interval: float | None = DEFAULT_INTERVAL,
 ) -> T:
     """Wait until ``resource`` reaches ``status``; never forever.
 
@@ -277,26 +345,28 @@ def wait_for_status(
             f"Timed out before step '{step}': no time left to wait for "
             f"{kind} {res_id} to become '{status}' (raise {option})."
         )
-    # Start from the cloud's view: openstacksdk returns at once when the
+    # openstacksdk returns at once, without asking the cloud, when the
     # object in hand already shows ``status`` (e.g. a volume fetched before
-    # its upload started still says 'available').
-    fresh = _refresh(proxy, resource, kind)
-    if fresh is None:
-        raise errors.WaitError(
-            f"Step '{step}' failed: {kind} {res_id} disappeared while "
-            f"waiting for '{status}'."
-        )
-    now = getattr(fresh, 'status', None)
-    if fresh is not resource and isinstance(now, str):
-        resource.status = now  # type: ignore[attr-defined]
+    # its upload started still says 'available'): then start from the
+    # cloud's view. Otherwise its first poll is that view (no extra GET).
+    if _same_status(getattr(resource, 'status', None), status):
+        fresh = _refresh(proxy, resource, kind)
+        if fresh is None:
+            raise errors.WaitError(
+                f"Step '{step}' failed: {kind} {res_id} disappeared while "
+                f"waiting for '{status}'."
+            )
+        now = getattr(fresh, 'status', None)
+        if fresh is not resource and isinstance(now, str):
+            resource.status = now  # type: ignore[attr-defined]
     try:
-        return _riding_out_blips(  # type: ignore[no-any-return]
-            lambda left: proxy.wait_for_status(
+        return _polling(  # type: ignore[no-any-return]
+            lambda every, window: proxy.wait_for_status(
                 resource,
                 status=status,
                 failures=failures,
-                interval=interval,
-                wait=left,
+                interval=every,
+                wait=window,
             ),
             deadline,
             interval,
@@ -339,16 +409,21 @@ def wait_for_delete(
     kind: str,
     step: str,
     timeout: float | Deadline,
-    interval: float = DEFAULT_INTERVAL,
+    interval: float | None = DEFAULT_INTERVAL,
+    refused: tuple[str, ...] = (),
 ) -> None:
     """Wait until ``resource`` is gone (404); bounded.
 
     Call it after the delete request: a status in
     :data:`DELETE_FAILURES` (``error_deleting``) means the cloud gave up
     on the deletion, and the wait ends at once with
-    :class:`errors.DeleteFailed`.
+    :class:`errors.DeleteFailed`; a status in ``refused`` means it put the
+    resource back (e.g. ``available``: Cinder does so with a snapshot its
+    driver reports busy), and the wait ends at once with
+    :class:`errors.DeleteRefused`.
 
     :raises DeleteFailed: the cloud could not delete it.
+    :raises DeleteRefused: the cloud put it back.
     :raises WaitTimeout: it is still there when the time runs out.
     """
     deadline, wait, option = _bound(timeout)
@@ -365,11 +440,16 @@ def wait_for_delete(
                 f"Step '{step}' failed: the cloud could not delete {kind} "
                 f"{res_id}, it went to status '{printable(now)}'{detail}"
             )
+        if isinstance(now, str) and now.lower() in refused:
+            raise errors.DeleteRefused(
+                f"Step '{step}' failed: the cloud did not delete {kind} "
+                f"{res_id}, it is '{printable(now)}' again"
+            )
 
     try:
-        _riding_out_blips(
-            lambda left: proxy.wait_for_delete(
-                resource, interval=interval, wait=left, callback=check
+        _polling(
+            lambda every, window: proxy.wait_for_delete(
+                resource, interval=every, wait=window, callback=check
             ),
             deadline,
             interval,

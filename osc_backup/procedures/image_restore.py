@@ -144,7 +144,7 @@ def restore_image(
     properties: Mapping[str, str] | None = None,
     timeout: float = 3600.0,
     reporter: Reporter | None = None,
-    interval: float = waits.DEFAULT_INTERVAL,
+    interval: float | None = waits.DEFAULT_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
     run: tags.Run | None = None,
 ) -> RestoredImage:

@@ -196,7 +196,7 @@ def remove_leftovers(
     leftovers: list[Leftover],
     reporter: Reporter,
     *,
-    interval: float = waits.DEFAULT_INTERVAL,
+    interval: float | None = waits.DEFAULT_INTERVAL,
 ) -> list[Leftover]:
     """Delete them, in :data:`KINDS` order, each waited until gone; what
     failed is tried once more at the end (a volume cannot go while one of
@@ -222,7 +222,7 @@ def remove_leftovers(
     return failed
 
 
-def _remove(conn: Any, lo: Leftover, interval: float) -> None:
+def _remove(conn: Any, lo: Leftover, interval: float | None) -> None:
     if lo.kind == 'volume':
         volumes.delete_volume(
             conn.block_storage, lo.id,

@@ -106,7 +106,7 @@ class Options:
     incremental: bool = False
     container: str | None = None
     timeout: float = 3600.0
-    interval: float = waits.DEFAULT_INTERVAL
+    interval: float | None = waits.DEFAULT_INTERVAL
     keep_temporary: bool = False
     #: download every image into this directory (backup sets)
     download: str | None = None

@@ -167,7 +167,7 @@ class Options:
     availability_zone: str | None = None
     wait: bool = True
     timeout: float = 3600.0
-    interval: float = waits.DEFAULT_INTERVAL
+    interval: float | None = waits.DEFAULT_INTERVAL
     #: how long a backup may wait for a backup service to take it
     pickup_timeout: float = PICKUP_TIMEOUT
     #: see volume_image.Options.record and .consistency
@@ -456,7 +456,7 @@ def plan(
     }
 
 
-def _delete_backup(bs: Any, backup_id: str, interval: float) -> None:
+def _delete_backup(bs: Any, backup_id: str, interval: float | None) -> None:
     try:
         backup = bs.get_backup(backup_id)
     except sdk_exc.NotFoundException:

@@ -115,7 +115,7 @@ class Options:
     wait: bool = True
     timeout: float = 3600.0
     keep_temporary: bool = False
-    interval: float = waits.DEFAULT_INTERVAL
+    interval: float | None = waits.DEFAULT_INTERVAL
     #: download the active image into this directory (a backup set)
     download: str | None = None
     #: extra osc_backup_* record keys set by a calling procedure (e.g. the
@@ -481,6 +481,9 @@ def backup_volume_via_image(
                 bs, snap, volume, run=run, cleanup=cleanup, timeout=deadline,
                 interval=opts.interval,
             )
+            if not opts.keep_temporary:
+                # its deletion runs during the upload; the undo waits
+                volumes.release_snapshot(bs, snap)
         else:
             upload_from = volume
             cleanup.add(
@@ -615,7 +618,9 @@ def download_image(
     return saved.files
 
 
-def _settle_source(bs: Any, volume_id: str, interval: float) -> None:
+def _settle_source(
+    bs: Any, volume_id: str, interval: float | None
+) -> None:
     """After a failed upload, wait until Cinder has released the source.
 
     The direct path uploads only ``available`` volumes, so that is the

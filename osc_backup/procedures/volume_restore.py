@@ -102,7 +102,7 @@ class Options:
     force: bool = False
     wait: bool = True
     timeout: float = 3600.0
-    interval: float = waits.DEFAULT_INTERVAL
+    interval: float | None = waits.DEFAULT_INTERVAL
 
 
 def find_source(conn: Any, name_or_id: str) -> Source:

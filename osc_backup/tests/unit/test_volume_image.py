@@ -41,6 +41,10 @@ class ProcedureTestCase(base.TestCase):
         }
         self.bs.wait_for_status.side_effect = self._bs_wait
         self.image_proxy.wait_for_status.side_effect = self._bs_wait
+        # Cinder marks what it accepted to delete 'deleting' before it
+        # answers
+        self.bs.delete_snapshot.side_effect = self._deleting
+        self.bs.delete_volume.side_effect = self._deleting
         # Lookups return the objects the fake cloud made (so waits see
         # them); anything else is found 'available'.
         self.known = {self.snap.id: self.snap, self.tmp_vol.id: self.tmp_vol}
@@ -55,6 +59,12 @@ class ProcedureTestCase(base.TestCase):
         patcher = mock.patch(target, **kwargs)
         self.addCleanup(patcher.stop)
         return patcher.start()
+
+    def _deleting(self, res, ignore_missing=True):
+        # the cloud's state, whatever object the request was given
+        for same in (res, self.known.get(res.id)):
+            if same is not None:
+                same.status = 'deleting'
 
     def _bs_wait(self, res, status, **kwargs):
         res.status = status
@@ -339,14 +349,58 @@ class TestInUseVolume(ProcedureTestCase):
             'crash-consistent', props['osc_backup_consistency']
         )
 
-    def test_temporary_volume_deleted_before_snapshot(self):
+    def test_snapshot_released_once_the_volume_is_available(self):
+        # the snapshot's deletion is requested as soon as the temporary
+        # volume is available (it runs during the upload), once; at the end
+        # the volume is deleted and the snapshot waited for
         order = []
-        self.bs.delete_volume.side_effect = lambda *a, **k: order.append('v')
-        self.bs.delete_snapshot.side_effect = (
-            lambda *a, **k: order.append('s')
+
+        def record(what):
+            def call(res, *args, **kwargs):
+                order.append(what)
+                if what.startswith('delete'):
+                    self._deleting(res)
+                return {'image_id': self.image.id} if what == 'upload' \
+                    else None
+            return call
+
+        self.bs.delete_volume.side_effect = record('delete volume')
+        self.bs.delete_snapshot.side_effect = record('delete snapshot')
+        self.bs.upload_volume_to_image.side_effect = record('upload')
+        self.bs.wait_for_delete.side_effect = (
+            lambda res, **k: order.append(f'gone {res.id}')
         )
         self.run_backup(fakes.volume(status='in-use'))
-        self.assertEqual(['v', 's'], order)
+        self.assertEqual(
+            ['delete snapshot', 'upload', 'delete volume',
+             f'gone {self.tmp_vol.id}', f'gone {self.snap.id}'],
+            order,
+        )
+
+    def test_snapshot_refused_while_its_volume_exists_is_asked_again(self):
+        # a driver that refuses: Cinder puts the snapshot back to
+        # 'available'; it is deleted again once the volume is gone
+        requests = []
+
+        def delete_snapshot(res, **kwargs):
+            requests.append('snapshot')
+            self._deleting(res)
+
+        def delete_volume(res, **kwargs):
+            requests.append('volume')
+            self._deleting(res)
+
+        def gone(res, callback=None, **kwargs):
+            if res.id == self.snap.id and requests.count('snapshot') == 1:
+                res.status = self.snap.status = 'available'  # refused
+                callback(0)
+            return None
+
+        self.bs.delete_snapshot.side_effect = delete_snapshot
+        self.bs.delete_volume.side_effect = delete_volume
+        self.bs.wait_for_delete.side_effect = gone
+        self.run_backup(fakes.volume(status='in-use'))
+        self.assertEqual(['snapshot', 'volume', 'snapshot'], requests)
 
     def test_snapshot_error_cleans_snapshot(self):
         def wait(res, status, **kw):
@@ -479,6 +533,7 @@ class TestInUseVolume(ProcedureTestCase):
 
     def test_keep_temporary(self):
         self.run_backup(fakes.volume(status='in-use'), keep_temporary=True)
+        # not even released early
         self.bs.delete_volume.assert_not_called()
         self.bs.delete_snapshot.assert_not_called()
         self.assertIn(
@@ -559,7 +614,7 @@ class TestDownload(ProcedureTestCase):
 
     def test_download_after_active_and_cleanup(self):
         events = []
-        self.bs.delete_snapshot.side_effect = (
+        self.bs.delete_volume.side_effect = (
             lambda *a, **k: events.append('cleanup')
         )
         self.save.side_effect = lambda *a, **k: (

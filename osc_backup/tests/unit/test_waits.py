@@ -1,3 +1,4 @@
+import itertools
 import time
 from unittest import mock
 
@@ -29,8 +30,9 @@ class TestWaitForStatus(base.TestCase):
             self.vol,
             status='available',
             failures=waits.FAILURES['volume'],
-            interval=waits.DEFAULT_INTERVAL,
-            wait=30,
+            # the policy's first window: 5 polls, 0.2 s apart
+            interval=waits.FIRST_INTERVAL,
+            wait=waits.FIRST_INTERVAL * waits.POLLS_PER_WINDOW,
         )
 
     def test_failure_names_step_id_status_and_fault(self):
@@ -103,7 +105,7 @@ class TestWaitForStatus(base.TestCase):
             errors.WaitTimeout,
             waits.wait_for_status,
             self.bs, self.vol, 'available', kind='volume',
-            step='create temporary volume', timeout=12,
+            step='create temporary volume', timeout=12, interval=1,
         )
         text = str(exc)
         self.assertIn('Timed out after 12s', text)
@@ -139,9 +141,32 @@ class TestWaitForStatus(base.TestCase):
         self.bs.wait_for_status.return_value = self.vol
         waits.wait_for_status(
             self.bs, self.vol, 'available', kind='volume', step='s',
-            timeout=deadline,
+            timeout=deadline, interval=3,
         )
         self.assertEqual(60, self.bs.wait_for_status.call_args.kwargs['wait'])
+        self.assertEqual(3, self.bs.wait_for_status.call_args.kwargs[
+            'interval'])
+
+    def test_last_window_ends_at_the_deadline(self):
+        clock = mock.Mock(side_effect=[0.0] + [99.9] * 5)
+        deadline = waits.Deadline(100, clock=clock)
+        self.bs.wait_for_status.return_value = self.vol
+        waits.wait_for_status(
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=deadline,
+        )
+        kwargs = self.bs.wait_for_status.call_args.kwargs
+        self.assertAlmostEqual(0.1, kwargs['wait'])
+        self.assertAlmostEqual(0.1, kwargs['interval'])
+
+    def test_no_extra_read_when_the_object_in_hand_is_not_done(self):
+        # openstacksdk's first poll reads the resource anyway
+        self.bs.wait_for_status.return_value = self.vol
+        waits.wait_for_status(
+            self.bs, self.vol, 'available', kind='volume', step='s',
+            timeout=30,
+        )
+        self.bs.get_volume.assert_not_called()
 
     def test_image_failure_states(self):
         for state in ('killed', 'deleted', 'deactivated'):
@@ -160,17 +185,30 @@ class TestWaitForDelete(base.TestCase):
             errors.WaitTimeout,
             waits.wait_for_delete,
             bs, vol, kind='volume', step='delete temporary volume',
-            timeout=5,
+            timeout=5, interval=1,
         )
         self.assertIn("still there with status 'deleting'", str(exc))
 
     def test_bounded(self):
         bs, _ = fakes.make_proxies()
         vol = fakes.volume()
-        waits.wait_for_delete(bs, vol, kind='volume', step='s', timeout=7)
-        bs.wait_for_delete.assert_called_once_with(
-            vol, interval=waits.DEFAULT_INTERVAL, wait=7, callback=mock.ANY
+        waits.wait_for_delete(
+            bs, vol, kind='volume', step='s', timeout=7, interval=1
         )
+        bs.wait_for_delete.assert_called_once_with(
+            vol, interval=1, wait=7, callback=mock.ANY
+        )
+
+    def test_adaptive_windows(self):
+        bs, _ = fakes.make_proxies()
+        vol = fakes.volume()
+        bs.wait_for_delete.side_effect = [
+            sdk_exc.ResourceTimeout('window'), None,
+        ]
+        waits.wait_for_delete(bs, vol, kind='volume', step='s', timeout=7)
+        self.assertEqual(2, bs.wait_for_delete.call_count)
+        first = bs.wait_for_delete.call_args_list[0].kwargs
+        self.assertEqual(waits.FIRST_INTERVAL, first['interval'])
 
 
 class TestRealWaits(base.TestCase):
@@ -353,3 +391,109 @@ class TestFreshStart(base.TestCase):
         )
         self.assertIn('disappeared', str(exc))
         bs.wait_for_status.assert_not_called()
+
+
+class FakeTime:
+    """A virtual clock and sleep."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class TestPollingPolicy(base.TestCase):
+    """The schedule of polls, run against a virtual clock with
+    openstacksdk's window semantics (poll, sleep the interval, stop when
+    the window has passed)."""
+
+    def run_wait(self, done_at, timeout):
+        clock = FakeTime()
+        polls = []
+
+        def sdk_wait(interval, window):
+            start = clock.now
+            while clock.now < start + window:
+                polls.append(clock.now)
+                if clock.now >= done_at:
+                    return 'done'
+                clock.sleep(interval)
+            raise sdk_exc.ResourceTimeout('window')
+
+        deadline = waits.Deadline(timeout, clock=clock)
+        try:
+            result = waits._polling(
+                sdk_wait, deadline, None, 'lost', sleep=clock.sleep,
+                clock=clock,
+            )
+        except sdk_exc.ResourceTimeout:
+            result = 'timeout'
+        return result, polls, clock.now
+
+    def test_interval_schedule(self):
+        self.assertEqual(0.2, waits.poll_interval(0))
+        self.assertEqual(0.2, waits.poll_interval(1.9))
+        self.assertAlmostEqual(1.0, waits.poll_interval(10))
+        self.assertAlmostEqual(4.9, waits.poll_interval(49))
+        self.assertEqual(5.0, waits.poll_interval(60))
+        self.assertEqual(5.0, waits.poll_interval(36000))
+
+    def test_first_poll_at_once(self):
+        result, polls, _ = self.run_wait(done_at=0, timeout=60)
+        self.assertEqual('done', result)
+        self.assertEqual([0.0], polls)
+
+    def test_done_seen_within_a_tenth_of_the_step(self):
+        for done_at in (0.3, 1.0, 2.1, 5.0, 8.1, 17.7, 30.0, 45.0):
+            result, polls, end = self.run_wait(done_at, timeout=3600)
+            self.assertEqual('done', result)
+            late = end - done_at
+            # never later than 0.2 s or a tenth (+ one window's growth)
+            self.assertLessEqual(
+                late, max(0.2, 0.15 * done_at) + 1e-9, (done_at, polls)
+            )
+
+    def test_interval_never_above_the_cap(self):
+        _, polls, _ = self.run_wait(done_at=5000, timeout=3600)
+        gaps = [b - a for a, b in itertools.pairwise(polls)]
+        self.assertLessEqual(max(gaps), waits.MAX_INTERVAL + 1e-9)
+        self.assertAlmostEqual(waits.FIRST_INTERVAL, gaps[0])
+
+    def test_request_rate_of_a_long_wait(self):
+        result, polls, end = self.run_wait(done_at=10**6, timeout=3600)
+        self.assertEqual('timeout', result)
+        # the deadline holds: no poll after it, the end within one interval
+        self.assertLess(polls[-1], 3600)
+        self.assertLessEqual(end, 3600 + waits.MAX_INTERVAL)
+        # as the module docstring says: about 760 requests in an hour,
+        # about 10 in the first 2 s, 12 per minute at the end
+        self.assertLess(len(polls), 800)
+        self.assertGreater(len(polls), 700)
+        self.assertLessEqual(len([t for t in polls if t < 2]), 11)
+        last_minute = [t for t in polls if t >= 3600 - 60]
+        self.assertLessEqual(len(last_minute), 12)
+        # a fixed 0.25 s tick would have made 14,400
+        self.assertLess(len(polls), 3600 / 0.25 / 10)
+
+    def test_transient_errors_inside_windows(self):
+        from keystoneauth1 import exceptions as ks_exc
+
+        clock = FakeTime()
+        calls = []
+
+        def sdk_wait(interval, window):
+            calls.append(interval)
+            if len(calls) < 3:
+                raise ks_exc.ConnectFailure('reset')
+            return 'done'
+
+        result = waits._polling(
+            sdk_wait, waits.Deadline(60, clock=clock), None, 'lost',
+            sleep=clock.sleep, clock=clock,
+        )
+        self.assertEqual('done', result)
+        self.assertEqual(3, len(calls))
