@@ -12,6 +12,7 @@ hosts, no real isolation and no data protection.
 """
 
 import os
+import time
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -34,6 +35,14 @@ CONF = cfg.CONF
 CONF.register_opts(file_opts, group=configuration.SHARED_CONF_GROUP)
 
 GiB = 1024 ** 3
+
+#: A temporary volume of osc-backup (name prefix osc-backup-tmp-) whose
+#: name holds this marker takes SLOW_DELETE_SECONDS to delete, as on a
+#: backend that wipes volumes on deletion (LVM with ``volume_clear=zero``).
+#: Tests that must interrupt a cleanup while it waits put the marker in the
+#: name of the source volume (a temporary volume's name holds it).
+SLOW_DELETE_MARKER = 'slow-delete'
+SLOW_DELETE_SECONDS = 30
 
 
 @interface.volumedriver
@@ -125,6 +134,9 @@ class FileDriver(driver.VolumeDriver):
         return {}
 
     def delete_volume(self, volume):
+        name = volume.display_name or ''
+        if name.startswith('osc-backup-tmp-') and SLOW_DELETE_MARKER in name:
+            time.sleep(SLOW_DELETE_SECONDS)  # green under cinder-volume
         try:
             os.unlink(self.local_path(volume))
         except FileNotFoundError:
