@@ -5,6 +5,7 @@ from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
 from osc_backup.common import tags
+from osc_backup.common import volumes
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import volume_image
 from osc_backup.tests.unit import base
@@ -661,3 +662,32 @@ class TestDownload(ProcedureTestCase):
         )
         self.assertIn('--no-wait', str(exc))
         self.save.assert_not_called()
+
+
+class TestDeleteSnapshot(base.TestCase):
+    """volumes.delete_snapshot: a deletion already requested is waited for,
+    a refusal is asked again once, a second refusal is an error."""
+
+    def setUp(self):
+        super().setUp()
+        self.bs, _ = fakes.make_proxies()
+        self.snap = fakes.snapshot(status='deleting')
+        self.bs.get_snapshot.return_value = self.snap
+
+    def test_requested_already_is_only_waited_for(self):
+        volumes.delete_snapshot(self.bs, self.snap.id, step='s', interval=0)
+        self.bs.delete_snapshot.assert_not_called()
+        self.bs.wait_for_delete.assert_called_once()
+
+    def test_refused_twice_is_an_error(self):
+        def refused(res, callback=None, **kwargs):
+            res.status = 'available'
+            callback(0)
+
+        self.bs.wait_for_delete.side_effect = refused
+        self.assertRaises(
+            errors.DeleteRefused, volumes.delete_snapshot, self.bs,
+            self.snap.id, step='s', interval=0,
+        )
+        self.assertEqual(1, self.bs.delete_snapshot.call_count)
+        self.assertEqual(2, self.bs.wait_for_delete.call_count)

@@ -275,6 +275,15 @@ class TestRealWaits(base.TestCase):
         self.assertIn('--cleanup-timeout', str(exc))
         self.assertIn("still there with status 'deleting'", str(exc))
 
+    def test_put_back_ends_the_wait_when_asked(self):
+        # Cinder sets a snapshot its driver reports busy back to available
+        self.cloud.timeline(self.vol, 'deleting', 'available')
+        exc = self.assertRaises(
+            errors.DeleteRefused, self.delete_wait, kind='snapshot',
+            refused=('available',),
+        )
+        self.assertIn("is 'available' again", str(exc))
+
     def test_status_waits_are_capped_too(self):
         self.cloud.timeline(self.vol, 'creating')
         with waits.capped(1, '--cleanup-timeout'):
