@@ -44,7 +44,9 @@ Decisions of our own, documented for users:
 * Every entry a kept entry depends on is kept (reason ``base of <ID>``,
   naming the kept entry that depends on it directly), transitively: a
   chain is never broken. An entry may also be held from outside
-  (:attr:`Entry.hold`, e.g. a backup with dependents we did not make).
+  (:attr:`Entry.hold`, e.g. a backup with dependents we did not make);
+  one that is not :attr:`Entry.counted` (an incomplete backup) is kept
+  and ignored by every rule.
 * No rule at all is refused (:class:`EmptyPolicy`): nothing is removed
   by accident.
 * :func:`deletion_order` deletes dependents before what they depend on,
@@ -207,6 +209,9 @@ class Entry:
     depends_on: tuple[str, ...] = ()
     #: a reason, found outside the policy, to keep it whatever the rules
     hold: str | None = None
+    #: False: kept (``hold``) but not counted by any rule, nor as the
+    #: newest of its group (e.g. an incomplete backup)
+    counted: bool = True
 
     def __post_init__(self) -> None:
         if self.created.tzinfo is None:
@@ -264,14 +269,16 @@ def _apply_group(
     entries: list[Entry], policy: Policy, now: datetime.datetime,
     tz: datetime.tzinfo,
 ) -> list[Decision]:
-    ordered = newest_first(entries)
-    decisions = [Decision(e) for e in ordered]
-    if not decisions:
-        return decisions
-    decisions[0].add(REASON_NEWEST)
-    for decision in decisions:
+    everything = [Decision(e) for e in newest_first(entries)]
+    for decision in everything:
         if decision.entry.hold:
             decision.add(decision.entry.hold)
+        elif not decision.entry.counted:
+            decision.add('not counted')
+    decisions = [d for d in everything if d.entry.counted]
+    if not decisions:
+        return everything
+    decisions[0].add(REASON_NEWEST)
     cutoff = None
     if policy.within is not None and not policy.within.is_zero():
         cutoff = policy.within.before(now)
@@ -308,7 +315,7 @@ def _apply_group(
         for decision in decisions:
             if decision.entry.created > cutoff:
                 decision.add(f'within {policy.within}')
-    return decisions
+    return everything
 
 
 def _keep_bases(decisions: Sequence[Decision]) -> None:

@@ -369,6 +369,24 @@ class TestChains(testtools.TestCase):
                          got['full0'])
         self.assertNotIn('inc0', got)
 
+    def test_not_counted(self):
+        items = chain()
+        items.append(r.Entry('inc3', 'v', t('2026-02-04 10:00'),
+                             depends_on=('inc2',), hold='incomplete',
+                             counted=False))
+        got = reasons(decide(items, last=1))
+        self.assertEqual({
+            'inc3': ['incomplete'],
+            'inc2': ['newest', 'last', 'base of inc3'],
+            'inc1': ['base of inc2'],
+            'full': ['base of inc1'],
+        }, got)
+
+    def test_only_uncounted(self):
+        e = r.Entry('x', 'v', t('2026-01-01'), hold='incomplete',
+                    counted=False)
+        self.assertEqual({'x': ['incomplete']}, reasons(decide([e], last=1)))
+
     def test_missing_base_ignored(self):
         items = [r.Entry('inc', 'v', t('2026-01-02'), depends_on=('gone',))]
         self.assertEqual(['inc'], kept(decide(items, last=1)))
