@@ -744,7 +744,7 @@ def delete_units(
     order: Sequence[Unit],
     reporter: Reporter,
     *,
-    timeout: float = DELETE_TIMEOUT,
+    timeout: float | waits.Deadline = DELETE_TIMEOUT,
 ) -> list[Outcome]:
     """Delete ``order`` (dependents before their bases), each waited
     until gone. A failure does not stop the rest, but a base whose
@@ -791,6 +791,31 @@ def delete_units(
     return outcomes
 
 
+def find_record(
+    catalog: Catalog, ident: str, *, refused: bool = False
+) -> Record:
+    """The record with ID (or else name) ``ident``.
+
+    :raises errors.InvalidInput: none (not made by the tool), or several
+        with that name.
+    """
+    for rec in catalog.records:
+        if rec.id == ident:
+            return rec
+    named = [r for r in catalog.records if r.name == ident]
+    if len(named) > 1:
+        raise errors.InvalidInput(
+            f"More than one backup is named '{ident}': use its ID."
+        )
+    if not named:
+        raise errors.InvalidInput(
+            f"'{ident}' is not a backup osc-backup made (no image or Cinder "
+            'backup with its record has that ID or name)'
+            + (': refused.' if refused else '.')
+        )
+    return named[0]
+
+
 def resolve_for_delete(
     catalog: Catalog,
     ids: Sequence[str],
@@ -805,34 +830,17 @@ def resolve_for_delete(
         ``with_dependents``, or dependents the tool did not make.
     """
     by_id = catalog.by_id()
-    by_name: dict[str, list[Record]] = {}
-    for rec in catalog.records:
-        if rec.name:
-            by_name.setdefault(rec.name, []).append(rec)
     targets: dict[str, Record] = {}
     for ident in ids:
-        found_rec = by_id.get(ident)
-        if found_rec is None:
-            named = by_name.get(ident, [])
-            if len(named) > 1:
-                raise errors.InvalidInput(
-                    f"More than one backup is named '{ident}': use its ID."
-                )
-            if not named:
-                raise errors.InvalidInput(
-                    f"'{ident}' is not a backup osc-backup made (no image "
-                    'or Cinder backup with its record has that ID or '
-                    'name): refused.'
-                )
-            found_rec = named[0]
+        found_rec = find_record(catalog, ident, refused=True)
         targets[found_rec.id] = found_rec
-    all_runs = catalog.runs()
     for run_id in runs:
-        if run_id not in all_runs:
+        parts = [r for r in catalog.records if r.run_id == run_id]
+        if not parts:
             raise errors.InvalidInput(
-                f"No server run '{run_id}' made by osc-backup found."
+                f"No backup of run '{run_id}' made by osc-backup found."
             )
-        for rec in all_runs[run_id]:
+        for rec in parts:
             targets[rec.id] = rec
     # everything that depends on a target, transitively
     todo = list(targets.values())
@@ -870,3 +878,29 @@ def resolve_for_delete(
         for u in found.values()
     ]
     return [found[e.id] for e in retention.deletion_order(decisions)]
+
+
+def resolve_source(conn: Any, name_or_id: str) -> set[str]:
+    """What ``--source`` matches: the volume or server it names now (by
+    name or ID), and the text itself (a deleted source's ID or recorded
+    name).
+
+    :raises errors.InvalidInput: the name is ambiguous.
+    """
+    found = {name_or_id}
+    for finder, kind in (
+        (lambda: conn.block_storage.find_volume, 'volume'),
+        (lambda: conn.compute.find_server, 'server'),
+    ):
+        try:
+            res = finder()(name_or_id, ignore_missing=True)
+        except sdk_exc.DuplicateResource:
+            raise errors.InvalidInput(
+                f"More than one {kind} is named '{name_or_id}': use its ID."
+            ) from None
+        except Exception as exc:  # no compute service, say: the text
+            LOG.debug('Cannot look up %s %s: %s', kind, name_or_id, exc)
+            continue
+        if res is not None:
+            found.add(res.id)
+    return found

@@ -58,6 +58,31 @@ def backup(backup_id, created, *, metadata=None, incremental=False,
     )
 
 
+def chain_backups():
+    """full <- inc1 <- inc2 of VOL, made by the tool, parents
+    recorded."""
+    return [
+        backup('full', '2026-01-01T10:00:00', dependents=True,
+               metadata=record('backup', 1, '2026-01-01T10:00:00+00:00')),
+        backup('inc1', '2026-01-02T10:00:00', incremental=True,
+               dependents=True,
+               metadata=record('backup', 2, '2026-01-02T10:00:00+00:00',
+                               osc_backup_parent_backup_id='full')),
+        backup('inc2', '2026-01-03T10:00:00', incremental=True,
+               metadata=record('backup', 3, '2026-01-03T10:00:00+00:00',
+                               osc_backup_parent_backup_id='inc1')),
+    ]
+
+
+def two_image_bodies():
+    return [
+        image_body('img1', 'data-backup-1', '2026-01-01T11:00:00Z',
+                   record('image', 4, '2026-01-01T11:00:00+00:00')),
+        image_body('img2', 'data-backup-2', '2026-01-02T11:00:00Z',
+                   record('image', 5, '2026-01-02T11:00:00+00:00')),
+    ]
+
+
 class CloudCase(base.TestCase):
     def setUp(self):
         super().setUp()
@@ -73,28 +98,10 @@ class CloudCase(base.TestCase):
         return fakes.response(200, {'images': list(self.images)})
 
     def chain(self):
-        """full <- inc1 <- inc2 of VOL, made by the tool, parents
-        recorded."""
-        self.backups += [
-            backup('full', '2026-01-01T10:00:00', dependents=True,
-                   metadata=record('backup', 1,
-                                   '2026-01-01T10:00:00+00:00')),
-            backup('inc1', '2026-01-02T10:00:00', incremental=True,
-                   dependents=True,
-                   metadata=record('backup', 2, '2026-01-02T10:00:00+00:00',
-                                   osc_backup_parent_backup_id='full')),
-            backup('inc2', '2026-01-03T10:00:00', incremental=True,
-                   metadata=record('backup', 3, '2026-01-03T10:00:00+00:00',
-                                   osc_backup_parent_backup_id='inc1')),
-        ]
+        self.backups += chain_backups()
 
     def two_images(self):
-        self.images += [
-            image_body('img1', 'data-backup-1', '2026-01-01T11:00:00Z',
-                       record('image', 4, '2026-01-01T11:00:00+00:00')),
-            image_body('img2', 'data-backup-2', '2026-01-02T11:00:00Z',
-                       record('image', 5, '2026-01-02T11:00:00+00:00')),
-        ]
+        self.images += two_image_bodies()
 
     def load(self):
         return catalog.load(self.conn)
@@ -386,8 +393,10 @@ class TestDelete(CloudCase):
         self.assertEqual(['img1'], [u.id for u in order])
 
     def test_run(self):
+        order = catalog.resolve_for_delete(self.cat, [], runs=[RUN[4]])
+        self.assertEqual(['img1'], [u.id for u in order])
         self.assertRaises(errors.InvalidInput, catalog.resolve_for_delete,
-                          self.cat, [], runs=[RUN[4]])
+                          self.cat, [], runs=[RUN[9]])
 
     def test_foreign_dependent_refused_even_with_dependents(self):
         self.backups.append(backup(
