@@ -531,3 +531,24 @@ class TestLocal(base.TestCase):
         backup_set.remove_set(found)
         self.assertEqual([], os.listdir(self.dir))
         self.assertTrue(os.path.exists(target))
+
+
+class TestResolveSource(CloudCase):
+    def test_volume_server_and_text(self):
+        self.bs.find_volume.return_value = fakes.volume(id='v-id')
+        self.conn.compute.find_server.return_value = mock.Mock(id='s-id')
+        self.assertEqual({'name', 'v-id', 's-id'},
+                         catalog.resolve_source(self.conn, 'name'))
+        self.bs.find_volume.assert_called_once_with(
+            'name', ignore_missing=True)
+
+    def test_deleted_source_is_the_text(self):
+        self.bs.find_volume.return_value = None
+        self.conn.compute.find_server.side_effect = (
+            sdk_exc.EndpointNotFound('no compute'))
+        self.assertEqual({'gone'}, catalog.resolve_source(self.conn, 'gone'))
+
+    def test_ambiguous(self):
+        self.bs.find_volume.side_effect = sdk_exc.DuplicateResource('two')
+        self.assertRaises(errors.InvalidInput, catalog.resolve_source,
+                          self.conn, 'data')
