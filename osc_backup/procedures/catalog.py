@@ -239,7 +239,10 @@ def list_images(image_proxy: Any, project_id: str | None) -> list[Any]:
         body = resp.json()
         for item in body.get('images') or []:
             if isinstance(item, dict):
-                found.append(_image.Image.existing(**item))
+                # as openstacksdk's own listing does: 'self' (the image's
+                # URL) cannot be a keyword argument
+                attrs = {k: v for k, v in item.items() if k != 'self'}
+                found.append(_image.Image.existing(**attrs))
         nxt = body.get('next')
         if not nxt:
             break

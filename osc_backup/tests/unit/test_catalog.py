@@ -43,6 +43,8 @@ def image_body(image_id, name, created, props=None, status='active'):
     body = {
         'id': image_id, 'name': name, 'status': status, 'size': 1024,
         'owner': PROJECT, 'created_at': created,
+        # Glance's answer has it; Resource.__init__ takes no 'self'
+        'self': f'/v2/images/{image_id}',
     }
     body.update(props or {})
     return body
