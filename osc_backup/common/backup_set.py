@@ -1162,3 +1162,91 @@ def _human(n: float) -> str:
             return f'{n:.1f} {unit}' if unit != 'B' else f'{int(n)} B'
         n /= 1024
     return f'{n} B'  # pragma: no cover
+
+
+# -- finding and removing sets (backup list/prune --dir) -----------------
+
+#: the hidden directory a set is moved into while it is removed
+REMOVING_SUFFIX = '.removing'
+
+
+def find_manifests(directory: str) -> list[str]:
+    """The manifest paths of the sets under ``directory`` (recursively).
+
+    Symbolic links are never followed (neither to a directory nor to a
+    manifest), and hidden directories (a set being written or removed)
+    are skipped.
+    """
+    found = []
+    for here, dirs, files in os.walk(directory, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for name in sorted(files):
+            if name.startswith('.') or not name.endswith(MANIFEST_SUFFIX):
+                continue
+            path = os.path.join(here, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(path)
+    return found
+
+
+def set_members(found: BackupSet) -> list[str]:
+    """The names of every file of a loaded set that exists, manifest
+    first, in its directory (plain names, never followed out)."""
+    manifest = found.manifest
+    data_name = manifest['data']['file']
+    names = [os.path.basename(found.manifest_path), data_name]
+    if found.version >= 2:
+        names.append(manifest['data']['checksum_file'])
+    else:
+        names.append(data_name + LEGACY_CHECKSUM_SUFFIX)
+    enc = found.encryption or {}
+    for key in ('key_file', 'passphrase_file', 'metadata_file'):
+        if is_plain_name(enc.get(key)):
+            names.append(enc[key])
+    names += [data_name + s for s in (
+        KEY_SUFFIX, PASSPHRASE_SUFFIX, KEY_METADATA_SUFFIX)]
+    seen: list[str] = []
+    for name in names:
+        if name not in seen and is_plain_name(name) and os.path.lexists(
+            os.path.join(found.directory, name)
+        ):
+            seen.append(name)
+    return seen
+
+
+def remove_set(found: BackupSet) -> list[str]:
+    """Remove a set as a whole; the paths it removed.
+
+    Its files are first renamed into a hidden directory
+    ``.<data file>.removing`` next to them, the manifest first (from then
+    on no reader sees the set, or half of it), then that directory is
+    emptied and removed. A symbolic link is removed as a link, never
+    followed. A removal that was cut short leaves the hidden directory,
+    which a later removal of the same set reuses.
+    """
+    directory = found.directory
+    data_name = found.manifest['data']['file']
+    hidden = os.path.join(directory, f'.{data_name}{REMOVING_SUFFIX}')
+    try:
+        os.mkdir(hidden, DIR_MODE)
+    except FileExistsError:
+        st = os.lstat(hidden)
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidSet(
+                f"'{hidden}' is in the way of removing the set of "
+                f"'{found.manifest_path}' and is not a directory."
+            ) from None
+    removed = []
+    for name in set_members(found):
+        os.rename(os.path.join(directory, name), os.path.join(hidden, name))
+        removed.append(os.path.join(directory, name))
+    fsync_dir(directory)
+    for name in os.listdir(hidden):
+        os.unlink(os.path.join(hidden, name))
+    os.rmdir(hidden)
+    fsync_dir(directory)
+    return removed

@@ -38,6 +38,9 @@ CREATED_AT = PREFIX + 'created_at'
 METHOD = PREFIX + 'method'
 #: 'offline' or 'crash-consistent'
 CONSISTENCY = PREFIX + 'consistency'
+#: on an incremental Cinder backup: the backup it builds on (the newest
+#: 'available' backup of the volume by data_timestamp when it was made)
+PARENT_BACKUP_ID = PREFIX + 'parent_backup_id'
 
 # -- the source volume --------------------------------------------------
 SOURCE_VOLUME_ID = PREFIX + 'source_volume_id'

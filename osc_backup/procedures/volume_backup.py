@@ -356,9 +356,22 @@ def record_metadata(
 
 def has_full_backup(block_storage: Any, volume: Any) -> bool:
     """Whether Cinder has a backup to base an incremental one on."""
-    return any(
-        b.status == 'available'
-        for b in block_storage.backups(volume_id=volume.id)
+    return parent_backup(block_storage, volume) is not None
+
+
+def parent_backup(block_storage: Any, volume: Any) -> Any | None:
+    """The backup Cinder bases an incremental backup of ``volume`` on:
+    its newest ``available`` backup by ``data_timestamp`` (Cinder's own
+    rule); None when there is none."""
+    available = [
+        b for b in block_storage.backups(volume_id=volume.id)
+        if b.status == 'available'
+    ]
+    if not available:
+        return None
+    return max(
+        available,
+        key=lambda b: str(b.data_timestamp or b.created_at or ''),
     )
 
 
@@ -396,7 +409,8 @@ def _request(
     bs = conn.block_storage
     notice = None
     incremental = opts.incremental
-    if incremental and not has_full_backup(bs, volume):
+    parent = parent_backup(bs, volume) if incremental else None
+    if incremental and parent is None:
         incremental = False
         notice = (
             f'volume {volumes.volume_label(volume)} has no available backup '
@@ -418,6 +432,9 @@ def _request(
         attrs['availability_zone'] = opts.availability_zone
     if supports(bs, MV_METADATA):
         metadata = record_metadata(volume, consistency, run)
+        if parent is not None:
+            # members cannot see a backup's parent: the catalog's chain
+            metadata[records.PARENT_BACKUP_ID] = parent.id
         metadata.update(opts.record)
         metadata.update(opts.properties)
         attrs['metadata'] = metadata

@@ -161,6 +161,29 @@ class TestBackupPath(BackupTestCase):
         self.assertTrue(result['is_incremental'])
         self.assertEqual('', self.err.getvalue())
 
+    def test_incremental_records_its_parent(self):
+        # Cinder's rule: the newest available backup by data_timestamp
+        older = backup(status='available',
+                       data_timestamp='2026-01-01T10:00:00.000000',
+                       created_at='2026-01-03T10:00:00.000000')
+        newest = backup(status='available',
+                        data_timestamp='2026-01-02T10:00:00.000000',
+                        created_at='2026-01-02T10:00:00.000000')
+        failed = backup(status='error',
+                        data_timestamp='2026-01-05T10:00:00.000000')
+        self.bs.backups.return_value = [older, failed, newest]
+        self.created.is_incremental = True
+        self.run_backup(incremental=True)
+        metadata = self.bs.create_backup.call_args.kwargs['metadata']
+        self.assertEqual(newest.id, metadata['osc_backup_parent_backup_id'])
+
+    def test_full_backup_records_no_parent(self):
+        self.bs.backups.return_value = [backup(status='available')]
+        self.run_backup()
+        metadata = self.bs.create_backup.call_args.kwargs['metadata']
+        self.assertNotIn('osc_backup_parent_backup_id', metadata)
+        self.bs.backups.assert_not_called()
+
     def test_incremental_without_full_backup_makes_a_full_one(self):
         self.bs.backups.return_value = [backup(status='error')]
         result = self.run_backup(incremental=True)
@@ -170,6 +193,8 @@ class TestBackupPath(BackupTestCase):
         self.assertFalse(result['is_incremental'])
         self.assertIn('made a full backup instead', self.err.getvalue())
         self.assertIn('made a full backup instead', result['method_reason'])
+        metadata = self.bs.create_backup.call_args.kwargs['metadata']
+        self.assertNotIn('osc_backup_parent_backup_id', metadata)
 
     def test_properties_and_zone(self):
         self.run_backup(properties={'k': 'v'}, availability_zone='az2')
