@@ -239,12 +239,9 @@ class Bench:
             out = sh([OPENSTACK, '--os-cloud', CLOUD, 'backup', 'image',
                       'save', '--dir', setdir, img.id, '-f', 'json'])
             image.delete_image(img.id)
-            files = json.loads(out.stdout)['files']
-            manifest = [f for f in files if f.endswith('.manifest.json')]
-            self.sources['image-restore'] = manifest[0] if manifest \
-                else files[0]
-            self.sources['image-restore-data'] = os.path.join(
-                setdir, os.path.basename(files[0]))
+            saved = json.loads(out.stdout)
+            self.sources['image-restore'] = saved['manifest']
+            self.sources['image-restore-data'] = saved['file']
 
     # one run of each side
     def tool(self, procedure, debug=False):
