@@ -190,7 +190,11 @@ def _server_artifacts(conn: Any) -> list[tuple[str, Any, dict[str, str]]]:
     """Every image and Cinder backup of this project that is a disk of a
     server backup: ``(kind, resource, record)``."""
     found = []
+    project = getattr(conn, 'current_project_id', None)
     for image in conn.image.images():
+        owner = getattr(image, 'owner', None)
+        if isinstance(project, str) and owner and owner != project:
+            continue  # public or shared by another project: not ours
         record = _record_of(image, IMAGE)
         if _is_backup_artifact(record):
             found.append((IMAGE, image, record))
@@ -945,9 +949,7 @@ def restore_server(
                 continue
             volume_id = restored[i]['volume_id']
             reporter.step(f'Attaching volume {volume_id} ({disk.label})')
-            conn.compute.create_volume_attachment(
-                server, volume_id=volume_id
-            )
+            conn.compute.create_volume_attachment(server, volume_id)
             waits.wait_for_status(
                 conn.block_storage, conn.block_storage.get_volume(volume_id),
                 'in-use', kind='volume',

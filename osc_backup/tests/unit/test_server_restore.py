@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -5,10 +6,12 @@ import tempfile
 import types
 from unittest import mock
 
+import fixtures
 from openstack.compute.v2 import flavor as _flavor
 from openstack.compute.v2 import server as _server
 from openstack.test import fakes as sdk_fakes
 
+from osc_backup.common import backup_set
 from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common.progress import Reporter
@@ -127,7 +130,13 @@ class TestFindRun(ServerRestoreTestCase):
             root_image(run='bbbbbbbbbbbb'),
             # an image a directory restore uploaded: not a backup
             root_image(osc_backup_restored_from='run:' + RUN),
+            # another project's (public) image with the same record
+            root_image(),
         ]
+        self.conn.current_project_id = 'p1'
+        for image in self.images:
+            image.owner = 'p1'
+        self.images[-1].owner = 'p2'
         rec = self.recorded()
         self.assertEqual(3, len(rec.disks))
 
@@ -321,8 +330,8 @@ class TestRestore(ServerRestoreTestCase):
         self.assertNotIn('block_device_mapping', kwargs)
         # attached in device order, after the server is ACTIVE
         self.assertEqual(
-            [mock.call(self.server, volume_id='new-0'),
-             mock.call(self.server, volume_id='new-1')],
+            [mock.call(self.server, 'new-0'),
+             mock.call(self.server, 'new-1')],
             self.compute.create_volume_attachment.call_args_list)
         self.assertEqual('ACTIVE', result['server_status'])
         self.assertEqual(['/dev/vdb', '/dev/vdc'],
@@ -355,7 +364,7 @@ class TestRestore(ServerRestoreTestCase):
         self.bs.set_volume_bootable_status.assert_called_once_with(
             'new-0', True)
         self.assertEqual(
-            [mock.call(self.server, volume_id='new-1')],
+            [mock.call(self.server, 'new-1')],
             self.compute.create_volume_attachment.call_args_list)
 
     def test_server_error_removes_what_was_created(self):
@@ -388,6 +397,24 @@ class TestRestore(ServerRestoreTestCase):
         self.assertIn('openstack volume delete new-0', str(e))
 
 
+def manifest_doc(**disk):
+    entry = {
+        'role': 'root-disk', 'device': '/dev/vda', 'boot_index': 0,
+        'artifact': {'method': 'server-image', 'image_id': 'i',
+                     'files': ['root.raw']},
+    }
+    entry.update(disk)
+    return {
+        'format': 'osc-backup-server', 'format_version': 1,
+        'tool': 'osc-backup', 'run_id': RUN,
+        'created_at': '2026-12-01T10:00:00+00:00',
+        'consistency': 'offline',
+        'server': {'id': 's', 'name': 'web', 'flavor': {},
+                   'volume_backed': False},
+        'disks': [entry],
+    }
+
+
 class TestDirectory(base.TestCase):
     def setUp(self):
         super().setUp()
@@ -399,21 +426,7 @@ class TestDirectory(base.TestCase):
             json.dump(data, f)
 
     def manifest(self, **disk):
-        entry = {
-            'role': 'root-disk', 'device': '/dev/vda', 'boot_index': 0,
-            'artifact': {'method': 'server-image', 'image_id': 'i',
-                         'files': ['root.raw']},
-        }
-        entry.update(disk)
-        return {
-            'format': 'osc-backup-server', 'format_version': 1,
-            'tool': 'osc-backup', 'run_id': RUN,
-            'created_at': '2026-12-01T10:00:00+00:00',
-            'consistency': 'offline',
-            'server': {'id': 's', 'name': 'web', 'flavor': {},
-                       'volume_backed': False},
-            'disks': [entry],
-        }
+        return manifest_doc(**disk)
 
     def test_no_manifest(self):
         e = self.assertRaises(errors.InvalidInput,
@@ -445,3 +458,119 @@ class TestDirectory(base.TestCase):
                               server_restore.find_manifest,
                               os.path.join(self.dir, 'nothing'))
         self.assertIn('neither a run ID', str(e))
+
+
+def write_set(directory, name, data):
+    """A valid backup set (data, manifest, checksum file) in
+    ``directory``; returns the file names."""
+    path = os.path.join(directory, name)
+    with open(path, 'wb') as f:
+        f.write(data)
+    digest = hashlib.sha512(data).hexdigest()
+    manifest = backup_set.build_manifest(
+        mock.Mock(), {'id': 'img-' + name}, data_file=name, size=len(data),
+        hash_algo='sha512', hash_value=digest, verified=True, started=0.0,
+        finished=1.0)
+    manifest['source'] = {}
+    raw = backup_set.manifest_bytes(manifest)
+    mpath = backup_set.manifest_path(path)
+    with open(mpath, 'wb') as f:
+        f.write(raw)
+    with open(os.path.join(directory, manifest['data']['checksum_file']),
+              'w') as f:
+        f.write(backup_set.checksum_line(digest, name))
+        f.write(backup_set.checksum_line(
+            hashlib.sha512(raw).hexdigest(), os.path.basename(mpath)))
+    return [name, os.path.basename(mpath),
+            manifest['data']['checksum_file']]
+
+
+class TestRestoreFromDirectory(ServerRestoreTestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        manifest = manifest_doc()
+        manifest['server'].update(
+            flavor={'original_name': 'm1.tiny'}, key_name=None,
+            availability_zone=None, metadata={'a': 'b'}, networks={})
+        manifest['disks'][0]['artifact']['files'] = write_set(
+            self.dir, 'root.raw', b'r' * 1000)
+        manifest['disks'].append({
+            'role': 'volume', 'device': '/dev/vdb', 'boot_index': None,
+            'volume': {'id': 'v1', 'name': 'data', 'size_gb': 1,
+                       'volume_type': 'luks', 'bootable': False,
+                       'encrypted': True},
+            'artifact': {'method': 'image', 'image_id': 'i2',
+                         'files': write_set(self.dir, 'vol.raw',
+                                            b'v' * 500)},
+        })
+        with open(os.path.join(self.dir, 'web.server.json'), 'w') as f:
+            json.dump(manifest, f)
+        self.uploaded = []
+        patcher = mock.patch.object(
+            server_restore.image_restore, 'restore_image',
+            side_effect=self._upload)
+        self.restore_image = patcher.start()
+        self.addCleanup(patcher.stop)
+        self.image_proxy.get_image.side_effect = (
+            lambda i: fakes.image(id=i, size=1000))
+        for name in ('volume_restore', 'volumes'):
+            patcher = mock.patch.object(getattr(server_restore, name), (
+                'restore' if name == 'volume_restore' else 'delete_volume'),
+                return_value={'volume_id': 'nv', 'size': 1,
+                              'volume_type': 'luks', 'bootable': False})
+            patcher.start()
+            self.addCleanup(patcher.stop)
+        self.server = sdk_fakes.generate_fake_resource(
+            _server.Server, name='web', status='ACTIVE')
+        self.compute.create_server.return_value = self.server
+        self.compute.wait_for_status.side_effect = lambda res, **kw: res
+        self.bs.get_volume.side_effect = lambda vid: fakes.volume(id=vid)
+        self.bs.wait_for_status.side_effect = lambda res, **kw: res
+
+    def _upload(self, conn, path, **kwargs):
+        self.uploaded.append((os.path.basename(path), kwargs))
+        image_id = f'up-{len(self.uploaded)}'
+        key = 'new-key' if 'vol' in path else None
+        return mock.Mock(image_id=image_id, size=1000,
+                         encryption_key_id=key)
+
+    def test_validated_uploaded_and_restored(self):
+        rec = server_restore.from_directory(self.dir)
+        self.assertEqual('directory ' + self.dir, rec.origin)
+        self.assertEqual(('m1.tiny', {'a': 'b'}, []),
+                         (rec.flavor, rec.metadata, rec.networks))
+        plan = server_restore.prepare(
+            self.conn, rec, server_restore.Options(volume_types={
+                'luks': 'enc'}), self.run_ctx)
+        self.assertEqual('none', plan.networks)
+        self.restore_image.assert_not_called()  # nothing made yet
+        result = server_restore.restore_server(
+            self.conn, plan, run=self.run_ctx, reporter=self.reporter)
+        self.assertEqual(
+            ['root.raw.manifest.json', 'vol.raw.manifest.json'],
+            [u[0] for u in self.uploaded])
+        props = self.uploaded[0][1]['properties']
+        self.assertEqual({
+            'osc_backup_run_id': self.run_ctx.run_id,
+            'osc_backup_restored_from': 'run:' + RUN,
+        }, props)
+        self.assertEqual('up-1', self.compute.create_server.call_args
+                         .kwargs['image_id'])
+        self.assertEqual([True, False],
+                         [u['kept'] for u in result['uploaded']])
+        self.assertEqual(2000, result['bytes'])
+        # the volume's image (and the key stored for it) are gone, the
+        # root image stays
+        self.image_proxy.delete_image.assert_called_once_with(
+            'up-2', ignore_missing=True)
+        self.conn.key_manager.delete_secret.assert_called_once_with(
+            'new-key', ignore_missing=True)
+
+    def test_damaged_set_refused_before_anything(self):
+        with open(os.path.join(self.dir, 'vol.raw.sha512'), 'w') as f:
+            f.write(backup_set.checksum_line('0' * 128, 'vol.raw'))
+        e = self.assertRaises(errors.InvalidInput,
+                              server_restore.from_directory, self.dir)
+        self.assertIn('damaged', str(e))
+        self.restore_image.assert_not_called()
