@@ -374,11 +374,6 @@ def _set_of(directory: str, files: list[str], where: str) -> str:
     names = [
         f for f in files if f.endswith(backup_set.MANIFEST_SUFFIX)
     ] or files[:1]
-    if not names:
-        raise errors.InvalidInput(
-            f'{where} has no downloaded backup set in the directory: it '
-            "cannot be restored from it (was it made without --download?)."
-        )
     return server_manifest.resolve(directory, names[0])
 
 
@@ -409,7 +404,8 @@ def find_manifest(path: str) -> str:
 
 def from_directory(path: str) -> Recorded:
     """A ``--download`` directory: the server manifest and every backup
-    set are validated (nothing is uploaded yet).
+    set are validated (nothing is uploaded yet). A manifest written with
+    ``--manifest`` alone names artifacts in the cloud instead (by ID).
 
     :raises errors.InvalidInput: one line naming the first defect.
     """
@@ -429,9 +425,7 @@ def from_directory(path: str) -> Recorded:
                 'backed up (--no-volumes): it is not restored.'
             )
             continue
-        set_path = _set_of(directory, artifact.get('files') or [], where)
-        loaded = backup_set.load_set(set_path)
-        disks.append(Disk(
+        disk = Disk(
             role=entry['role'],
             device=entry.get('device'),
             boot_index=entry.get('boot_index'),
@@ -442,9 +436,21 @@ def from_directory(path: str) -> Recorded:
             bootable=bool(volume.get('bootable')),
             volume_name=volume.get('name'),
             source_volume_id=volume.get('id'),
-            set_path=loaded.manifest_path,
-            set_size=loaded.size,
-        ))
+        )
+        if artifact.get('files'):
+            loaded = backup_set.load_set(
+                _set_of(directory, artifact['files'], where)
+            )
+            disk.set_path = loaded.manifest_path
+            disk.set_size = loaded.size
+        else:
+            # a --manifest without --download: the artifact is in the
+            # cloud it was made in (looked up by prepare)
+            disk.kind = BACKUP if artifact.get('backup_id') else IMAGE
+            disk.artifact_id = artifact.get('backup_id') or (
+                artifact.get('image_id')
+            )
+        disks.append(disk)
     if not any(d.boot_index == 0 for d in disks):
         raise errors.InvalidInput(
             f"Server manifest '{printable(mpath)}': the boot disk was not "

@@ -453,6 +453,22 @@ class TestDirectory(base.TestCase):
                               server_restore.from_directory, self.dir)
         self.assertIn('root.raw', str(e))
 
+    def test_manifest_without_download_names_cloud_artifacts(self):
+        doc = self.manifest(artifact={'method': 'server-image',
+                                      'image_id': 'img-1', 'files': []})
+        doc['disks'].append({
+            'role': 'volume', 'device': '/dev/vdb', 'boot_index': None,
+            'volume': {'id': 'v', 'size_gb': 1, 'bootable': False,
+                       'encrypted': False},
+            'artifact': {'method': 'backup', 'backup_id': 'b-1'},
+        })
+        self.write('web.server.json', doc)
+        rec = server_restore.from_directory(
+            os.path.join(self.dir, 'web.server.json'))
+        self.assertEqual([('image', 'img-1', None), ('backup', 'b-1', None)],
+                         [(d.kind, d.artifact_id, d.set_path)
+                          for d in rec.disks])
+
     def test_neither_run_nor_directory(self):
         e = self.assertRaises(errors.InvalidInput,
                               server_restore.find_manifest,
