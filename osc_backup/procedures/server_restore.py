@@ -785,17 +785,21 @@ def _upload(
         (disk.device or 'disk').rsplit('/', 1)[-1]
     )
     reporter.step(f'Uploading the backup set of disk {disk.label}')
+    left = _time_left(deadline, f'uploading disk {disk.label}')
+    # Not held (creating()): restore_image hashes the whole set before its
+    # own cleanup guard starts, and a Ctrl-C then must stop at once. Its
+    # guard removes the image until the image is complete; nothing but
+    # the return lies between that and the registration below.
+    made = image_restore.restore_image(
+        conn, disk.set_path, name=f'{plan.name}-{suffix}',
+        # this run's, and marked a restore: not a backup of the server
+        properties={
+            records.RUN_ID: run.run_id,
+            records.RESTORED_FROM: f'run:{plan.recorded.run_id}',
+        },
+        timeout=left, reporter=reporter, run=run,
+    )
     with cleanup.creating():
-        left = _time_left(deadline, f'uploading disk {disk.label}')
-        made = image_restore.restore_image(
-            conn, disk.set_path, name=f'{plan.name}-{suffix}',
-            # this run's, and marked a restore: not a backup of the server
-            properties={
-                records.RUN_ID: run.run_id,
-                records.RESTORED_FROM: f'run:{plan.recorded.run_id}',
-            },
-            timeout=left, reporter=reporter, run=run,
-        )
         key_id = made.encryption_key_id
         if key_id:
             # before the image: removed after it (Glance may remove it
@@ -842,6 +846,8 @@ def _restore_volume(
     reporter.step(
         f'Restoring disk {disk.label} from {disk.kind} {disk.artifact_id}'
     )
+    # Held: after volume_restore's own guard (which removes an incomplete
+    # volume) it still makes API calls before it returns the volume.
     with cleanup.creating():
         result = volume_restore.restore(
             conn, source, opts, run=run, reporter=reporter
