@@ -60,7 +60,17 @@ SERVER_DISK = PREFIX + 'server_disk'
 DEVICE = PREFIX + 'device'
 BOOT_INDEX = PREFIX + 'boot_index'
 FLAVOR = PREFIX + 'flavor'
+#: the server's key pair name
+KEY_NAME = PREFIX + 'key_name'
+#: the server's availability zone
+AVAILABILITY_ZONE = PREFIX + 'availability_zone'
+#: the server's metadata, as a JSON object (left out when longer than a
+#: property value may be)
+SERVER_METADATA = PREFIX + 'server_metadata'
+#: the names of the server's networks, as a JSON list (same limit)
+NETWORKS = PREFIX + 'networks'
 
 # -- restores -----------------------------------------------------------
-#: on a restored volume: the backup or image it came from
+#: on a restored volume: the backup or image it came from; on a restored
+#: server: ``run:<run ID>`` of the server backup it came from
 RESTORED_FROM = PREFIX + 'restored_from'

@@ -38,6 +38,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -283,7 +284,32 @@ def disk_record(server: Any, disk: Disk) -> dict[str, str]:
     }
     if disk.boot_index is not None:
         record[records.BOOT_INDEX] = str(disk.boot_index)
+    record.update(server_record(server))
     return record
+
+
+#: Glance property and Cinder metadata values are at most this long
+MAX_RECORD_VALUE = 255
+
+
+def server_record(server: Any) -> dict[str, str]:
+    """What ``backup server restore <run ID>`` needs to build the server
+    again without a manifest: flavor, key pair, availability zone,
+    metadata and network names. The JSON values are left out when they
+    do not fit into one property value (the manifest has them)."""
+    record = {records.FLAVOR: server_manifest.flavor_name(server)}
+    if server.key_name:
+        record[records.KEY_NAME] = server.key_name
+    if server.availability_zone:
+        record[records.AVAILABILITY_ZONE] = server.availability_zone
+    for key, value in (
+        (records.SERVER_METADATA, dict(server.metadata or {})),
+        (records.NETWORKS, sorted(server.addresses or {})),
+    ):
+        text = json.dumps(value, sort_keys=True, separators=(',', ':'))
+        if len(text) <= MAX_RECORD_VALUE:
+            record[key] = text
+    return {k: v for k, v in record.items() if len(v) <= MAX_RECORD_VALUE}
 
 
 def prepare(

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -229,3 +230,228 @@ class CreateServerBackup(command.ShowOne):
         for key in ('skipped_volumes', 'notes', 'files'):
             result[key] = format_columns.ListColumn(result[key])
         return COLUMNS, [result.get(c) for c in COLUMNS]
+
+
+#: Output fields of ``backup server restore`` (stable: public API).
+RESTORE_COLUMNS = (
+    'server_id',
+    'server_name',
+    'server_status',
+    'volume_backed',
+    'flavor',
+    'image_id',
+    'volumes',
+    'uploaded',
+    'bytes',
+    'restored_from',
+    'source_run_id',
+    'source_server_id',
+    'notes',
+    'run_id',
+    'duration',
+)
+
+RESTORE_DRY_RUN_COLUMNS = (
+    'dry_run',
+    'restored_from',
+    'source_run_id',
+    'source_server_id',
+    'volume_backed',
+    'server_name',
+    'flavor',
+    'notes',
+    'steps',
+)
+
+
+def _volume_type_map(text: str) -> tuple[str, str]:
+    """argparse type for --volume-type OLD=NEW."""
+    old, sep, new = text.partition('=')
+    if not sep or not old or not new:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not <recorded-type>=<type>"
+        )
+    return old, new
+
+
+class RestoreServer(command.ShowOne):
+    _description = _(
+        "Restore a server from a server backup\n\n"
+        "From a run of 'backup server create' in this project (its run "
+        "ID, or --latest <server>): the server is created again from the "
+        "root disk image (image-booted) or from its boot volume restored "
+        "from its backup or image (volume-booted); every other volume is "
+        "restored as 'backup volume restore' does (recorded type, size, "
+        "bootable flag) and attached in the recorded device order.\n\n"
+        "From a directory written by 'backup server create --download' "
+        "(also in another project or cloud): the server manifest and every "
+        "backup set are validated, each image is uploaded (the keys of "
+        "encrypted volumes are stored again), then the same. The images "
+        "uploaded for volumes are deleted once the volumes exist; the root "
+        "disk image stays (the server boots from it).\n\n"
+        "The recorded flavor, key pair, availability zone, metadata and "
+        "networks are used unless overridden; one that does not exist "
+        "here is refused before anything is created, naming the option "
+        "that chooses another. The new server carries the metadata "
+        "osc_backup_restored_from=run:<run ID>. A failure or Ctrl-C "
+        "removes everything this command created (or names what is left "
+        "and the commands that remove it)."
+    )
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            'source',
+            metavar='<run-id|directory>',
+            nargs='?',
+            help=_(
+                "Run ID printed by 'backup server create', or a directory "
+                "it wrote with --download (or the server manifest in it)"
+            ),
+        )
+        parser.add_argument(
+            '--latest',
+            metavar='<server>',
+            help=_(
+                'Restore the newest complete server backup of <server> in '
+                'this project (the ID or name it had; it may be gone)'
+            ),
+        )
+        parser.add_argument(
+            '--name',
+            metavar='<name>',
+            help=_('Name of the new server (default: the recorded name)'),
+        )
+        parser.add_argument(
+            '--flavor',
+            metavar='<flavor>',
+            help=_('Flavor (name or ID; default: the recorded flavor)'),
+        )
+        key = parser.add_mutually_exclusive_group()
+        key.add_argument(
+            '--key-name',
+            metavar='<key-name>',
+            help=_('Key pair (default: the recorded key pair)'),
+        )
+        key.add_argument(
+            '--no-key-name',
+            action='store_true',
+            help=_('No key pair, even if one was recorded'),
+        )
+        parser.add_argument(
+            '--availability-zone',
+            metavar='<zone-name>',
+            help=_(
+                'Availability zone of the server (default: the recorded '
+                'zone)'
+            ),
+        )
+        parser.add_argument(
+            '--network',
+            metavar='<network>',
+            action='append',
+            default=[],
+            help=_(
+                'Attach the server to this network (ID) (repeat option to '
+                'set multiple networks; default: the recorded networks)'
+            ),
+        )
+        parser.add_argument(
+            '--nic',
+            metavar='<net-id=net-uuid,v4-fixed-ip=ip-addr,'
+            'v6-fixed-ip=ip-addr,port-id=port-uuid,tag=tag,'
+            'auto,none>',
+            action='append',
+            default=[],
+            help=_(
+                "A network interface, as 'server create' takes it; 'none' "
+                "for no network, 'auto' to let Nova choose (repeat option "
+                'to set multiple interfaces; default: the recorded '
+                'networks)'
+            ),
+        )
+        parser.add_argument(
+            '--volume-type',
+            metavar='<recorded-type>=<type>',
+            type=_volume_type_map,
+            action='append',
+            default=[],
+            help=_(
+                'Restore the volumes of the recorded type <recorded-type> '
+                'as volumes of type <type> (repeat option to map several '
+                'types)'
+            ),
+        )
+        command.add_timeout_arg(parser)
+        parser.add_argument(
+            '--dry-run',
+            action='store_true',
+            help=_(
+                'Check the backup and the target and print the planned '
+                'steps; create nothing'
+            ),
+        )
+        return parser
+
+    def backup_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[Sequence[str], Iterable[Any]]:
+        from osc_backup.common import errors
+        from osc_backup.common import tags
+        from osc_backup.procedures import server_restore
+
+        if bool(parsed_args.source) == bool(parsed_args.latest):
+            raise errors.InvalidInput(
+                'Give either a run ID or directory, or --latest <server>.'
+            )
+        opts = server_restore.Options(
+            name=parsed_args.name,
+            flavor=parsed_args.flavor,
+            key_name=parsed_args.key_name,
+            no_key_name=parsed_args.no_key_name,
+            availability_zone=parsed_args.availability_zone,
+            nics=server_restore.nics_option(
+                parsed_args.nic, parsed_args.network
+            ),
+            volume_types=dict(parsed_args.volume_type),
+            timeout=parsed_args.timeout,
+        )
+        source = parsed_args.source
+        if source and (os.path.isdir(source) or os.path.isfile(source)):
+            recorded = server_restore.from_directory(source)
+            conn = self.connection()
+        else:
+            conn = self.connection()
+            if parsed_args.latest:
+                recorded = server_restore.latest_run(
+                    conn, parsed_args.latest
+                )
+            else:
+                recorded = server_restore.from_run(conn, source)
+        run = tags.Run()
+        plan = server_restore.prepare(conn, recorded, opts, run)
+        if parsed_args.dry_run:
+            data = {
+                'dry_run': True,
+                'restored_from': recorded.origin,
+                'source_run_id': recorded.run_id,
+                'source_server_id': recorded.server_id,
+                'volume_backed': recorded.volume_backed,
+                'server_name': plan.name,
+                'flavor': plan.flavor.name,
+                'notes': format_columns.ListColumn(plan.notes),
+                'steps': format_columns.ListColumn(
+                    server_restore.plan_steps(plan)
+                ),
+            }
+            return RESTORE_DRY_RUN_COLUMNS, [
+                data[c] for c in RESTORE_DRY_RUN_COLUMNS
+            ]
+        result = server_restore.restore_server(
+            conn, plan, run=run, reporter=self.reporter(parsed_args),
+            timeout=parsed_args.timeout,
+        )
+        for key in ('volumes', 'uploaded'):
+            result[key] = format_columns.ListDictColumn(result[key])
+        result['notes'] = format_columns.ListColumn(result['notes'])
+        return RESTORE_COLUMNS, [result.get(c) for c in RESTORE_COLUMNS]

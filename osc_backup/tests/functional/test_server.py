@@ -21,7 +21,10 @@ COMPUTE_API = ['--os-compute-api-version', '2.79']
 MiB = 1024 * 1024
 
 
-class ServerBackupTestCase(base.FunctionalTestCase):
+class ServerTestBase(base.FunctionalTestCase):
+    """Servers, volumes and images of a test (no tests: shared with
+    test_server_restore)."""
+
     def setUp(self):
         super().setUp()
         self.tmp = tempfile.mkdtemp(prefix='osc-backup-ft-')
@@ -101,6 +104,8 @@ class ServerBackupTestCase(base.FunctionalTestCase):
         return [n for n in names
                 if n.startswith('osc-backup-tmp-') and n.endswith(source)]
 
+
+class ServerBackupTestCase(ServerTestBase):
     # ---- tests ----------------------------------------------------------
     def test_image_booted_server_with_a_volume(self):
         image, _base_sha = self.create_raw_image()
@@ -287,7 +292,12 @@ class ServerBackupTestCase(base.FunctionalTestCase):
              'osc_backup_server_name': server['name'],
              'osc_backup_server_disk': 'root-disk',
              'osc_backup_device': record.get('osc_backup_device'),
-             'osc_backup_boot_index': '0'},
+             'osc_backup_boot_index': '0',
+             # what a restore from the run needs (no key pair, no
+             # metadata, no networks on the minicloud)
+             'osc_backup_availability_zone': 'nova',
+             'osc_backup_server_metadata': '{}',
+             'osc_backup_networks': '[]'},
             {k: v for k, v in record.items()
              if k not in ('osc_backup_tool_version',
                           'osc_backup_created_at')}, stderr)
