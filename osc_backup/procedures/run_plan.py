@@ -200,7 +200,6 @@ def select(conn: Any, criteria: Criteria) -> Selection:
             'Nothing selected: give --volume, --server, --all-volumes, '
             '--all-servers or --property.'
         )
-    tags.check_not_reserved(criteria.properties)
     notes: list[str] = []
     servers: dict[str, Any] = {}
     vols: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from unittest import mock
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as sdk_exc
 from openstack.compute.v2 import server as _server
+from openstack.compute.v2 import volume_attachment as _attachment
 from openstack.test import fakes as sdk_fakes
 
 from osc_backup.common import errors
@@ -145,10 +146,11 @@ class TestSelect(Cloud):
         self.assert_no_extra_requests()
 
     def test_all_servers_and_volumes_fold_attached_volumes(self):
-        web, db = server(name='web'), server(name='db')
         # Nova's view only (a listing that lacks Cinder's attachment)
         nova_only = volume(name='n', attachments=[])
-        web.attached_volumes = [{'id': nova_only.id}]
+        web, db = server([nova_only.id], name='web'), server(name='db')
+        self.assertIsInstance(  # the SDK's shape, not a plain dict
+            web.attached_volumes[0], _attachment.VolumeAttachment)
         # Cinder's view only
         cinder_only = volume([db.id], name='c')
         free = volume(name='free')
@@ -238,10 +240,14 @@ class TestSelect(Cloud):
                                 all_servers=True)
         self.assertIn('no compute (Nova) service', str(exc))
 
-    def test_reserved_property(self):
-        self.assertRaises(errors.InvalidInput, self.select,
-                          properties={'osc_backup_tool': 'x'})
-        self.bs.volumes.assert_not_called()
+    def test_property_may_name_our_own_keys(self):
+        # a filter forges nothing: restored volumes carry osc_backup_* keys
+        restored = volume(name='r', metadata={
+            'osc_backup_restored_from': 'img'})
+        self.volumes = [restored, volume(name='x')]
+        self.compute.servers.side_effect = sdk_exc.EndpointNotFound()
+        sel = self.select(properties={'osc_backup_restored_from': 'img'})
+        self.assertEqual([('volume', restored.id)], self.ids(sel))
 
     def test_exclude_by_id_and_by_name(self):
         a, b, c = volume(name='a'), volume(name='b'), volume(name='c')
