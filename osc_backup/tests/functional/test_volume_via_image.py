@@ -189,17 +189,24 @@ class TestVolumeViaImage(VolumeViaImageTestCase):
                                 stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: [self.delete_image(i.id)
                                  for i in self.images_named(name)])
-        left = self.wait_for(lambda: self.temporaries(vol['id']),
-                             what='the temporary snapshot')
+        self.wait_for(lambda: self.temporaries(vol['id']),
+                      what='the temporary snapshot')
         proc.kill()  # SIGKILL: no cleanup can run
         proc.wait(timeout=60)
-        snap = self.conn.block_storage.get_snapshot(left[0][1])
-        run_id = snap.metadata['osc_backup_run_id']
-        self.assertTrue(self.temporaries(vol['id']))
+        # What the killed run left: its snapshot, or (killed later) its
+        # temporary volume, whose snapshot's deletion may have been
+        # requested already (it is released once the volume is available)
+        left = [t for t in self.temporaries(vol['id']) if t[2] != 'deleting']
+        self.assertTrue(left, self.temporaries(vol['id']))
+        get = (self.conn.block_storage.get_volume if left[0][0] == 'Volume'
+               else self.conn.block_storage.get_snapshot)
+        run_id = get(left[0][1]).metadata['osc_backup_run_id']
         listed = self.openstack(
             ['backup', 'cleanup', '--dry-run', '--run-id', run_id],
             parse_output=True)
-        self.assertIn(snap.id, [row['ID'] for row in listed])
+        listed_ids = [row['ID'] for row in listed]
+        for _kind, ident, _status in left:
+            self.assertIn(ident, listed_ids)
         self.assertTrue(all(r['Result'] == 'would delete' for r in listed))
         # give a started temporary volume time to appear, then clean up
         time.sleep(3)
