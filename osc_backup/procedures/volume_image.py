@@ -258,12 +258,15 @@ def plan(
             ' -> wait available',
             f'POST /volumes snapshot_id=<snapshot> size={volume.size} '
             '-> wait available',
+            'DELETE /snapshots/<snapshot> (not waited for: the deletion '
+            'runs during the upload)',
             f'POST /volumes/<temporary volume>/action os-volume_upload_image '
             f'image_name={upload_name} {fmt}',
             'wait image active; wait temporary volume available',
             record_step,
             'DELETE /volumes/<temporary volume> -> wait gone',
-            'DELETE /snapshots/<snapshot> -> wait gone',
+            'wait until snapshot <snapshot> is gone (deleted again if the '
+            'driver refused while the volume existed)',
         ]
     else:
         steps += [
