@@ -32,6 +32,8 @@ import sys
 import time
 import uuid
 
+import local_cloud
+
 OPENSTACK = os.path.join(os.path.dirname(sys.executable), 'openstack')
 NAME = 'osc-backup-bench-catalog'
 
@@ -92,13 +94,7 @@ def main():
     parser.add_argument('--runs', type=int, default=3)
     args = parser.parse_args()
 
-    import openstack
-
-    conn = openstack.connect(cloud=args.cloud)
-    endpoint = conn.image.get_endpoint()
-    if not endpoint.startswith(('http://127.0.0.1', 'http://localhost')):
-        raise SystemExit(f'refusing to benchmark a non-local cloud: '
-                         f'{endpoint}')
+    conn = local_cloud.connect(args.cloud)
     source_id = str(uuid.uuid4())
     env = dict(os.environ)
     base = [OPENSTACK, '--os-cloud', args.cloud]

@@ -48,6 +48,8 @@ import sys
 import tempfile
 import time
 
+import local_cloud
+
 MiB = 1024 * 1024
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPENSTACK = os.path.join(os.path.dirname(sys.executable), 'openstack')
@@ -271,13 +273,7 @@ def main():
                         'save to)')
     args = parser.parse_args()
 
-    import openstack
-
-    conn = openstack.connect(cloud=args.cloud)
-    endpoint = conn.image.get_endpoint()
-    if not endpoint.startswith(('http://127.0.0.1', 'http://localhost')):
-        raise SystemExit(f'refusing to benchmark a non-local cloud: '
-                         f'{endpoint}')
+    conn = local_cloud.connect(args.cloud)
     workdir = args.workdir or tempfile.mkdtemp(prefix='osc-backup-bench-',
                                                dir='/var/tmp')
     os.makedirs(workdir, exist_ok=True)

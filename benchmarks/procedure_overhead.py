@@ -53,6 +53,8 @@ import tempfile
 import time
 import uuid
 
+import local_cloud
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
@@ -333,9 +335,7 @@ def main():
     for p in wanted:
         if p not in PROCEDURES:
             parser.error(f'unknown procedure {p}')
-    import openstack
-
-    conn = openstack.connect(cloud=CLOUD)
+    conn = local_cloud.connect(CLOUD)
     bench = Bench(conn, args)
     results = {p: {'tool': [], 'sdk': []} for p in wanted}
     requests = {}
