@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -236,11 +237,52 @@ class FunctionalTestCase(testtools.TestCase):
                 return info
             if current in failures or (current or '').startswith('error'):
                 self.fail(f'{resource} {ident} went {current} while '
-                          f'waiting for {status}')
+                          f'waiting for {status}'
+                          + self.why_failed(resource, ident, cloud))
             if time.time() > deadline:
                 self.fail(f'{resource} {ident} still {current} after '
                           f'{timeout}s (waiting for {status})')
             time.sleep(interval)
+
+    def why_failed(self, resource, ident, cloud=MEMBER_CLOUD):
+        """A short diagnosis of a failed resource for a failure message:
+        what Cinder says about it (its user messages), the state of the
+        Block Storage services and the free space of the cloud's disk.
+
+        A volume that goes ``error`` on creation in a shared CI run says
+        nothing by itself; this is what tells a full disk from a service
+        the scheduler saw as down. Never raises.
+        """
+        parts = []
+        if resource.startswith('volume'):
+            try:
+                rows = self.openstack(
+                    ['--os-volume-api-version', '3.3', 'volume', 'message',
+                     'list'], cloud=cloud, parse_output=True, quiet=True)
+                said = [r.get('User Message') for r in rows
+                        if r.get('Resource UUID') == ident]
+                parts.append('Cinder says: ' + ('; '.join(
+                    str(m) for m in said) or 'nothing'))
+            except (CommandFailed, ValueError) as e:
+                parts.append(f'no Cinder messages ({str(e)[:200]})')
+            try:
+                rows = self.openstack(['volume', 'service', 'list'],
+                                      cloud=ADMIN_CLOUD, parse_output=True,
+                                      quiet=True)
+                parts.append('services: ' + ', '.join(
+                    f"{r.get('Binary')} {r.get('State')} "
+                    f"(updated {r.get('Updated At')})" for r in rows))
+            except (CommandFailed, ValueError) as e:
+                parts.append(f'no service list ({str(e)[:200]})')
+        try:
+            usage = shutil.disk_usage(os.environ.get(
+                'MINICLOUD_DIR', '/var/tmp/osc-backup-minicloud'))
+            parts.append(f'disk: {usage.free / GiB:.1f} GiB free of '
+                         f'{usage.total / GiB:.1f} GiB')
+        except OSError as e:
+            parts.append(f'disk: {e}')
+        parts.append(time.strftime('at %H:%M:%S UTC', time.gmtime()))
+        return '\n' + '\n'.join(parts)
 
     def wait_for_delete(self, resource, ident, *, cloud=MEMBER_CLOUD,
                         timeout=WAIT_TIMEOUT, interval=1.0):
