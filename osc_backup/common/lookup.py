@@ -20,22 +20,30 @@ from typing import Any
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
+from osc_backup.common.text import printable
 
 
-def find(finder: Callable[..., Any], kind: str, name_or_id: str) -> Any:
+def find(
+    finder: Callable[..., Any], kind: str, name_or_id: str, *,
+    option: str = '',
+) -> Any:
     """``finder(name_or_id, ignore_missing=False)``, errors made plain.
 
     :param finder: an openstacksdk ``find_<kind>`` proxy method.
     :param kind: 'volume', 'server'... for the message.
+    :param option: the option that gave ``name_or_id``, for the message.
     :raises errors.InvalidInput: not found, or the name is ambiguous.
     """
+    given = f' ({option})' if option else ''
+    shown = printable(name_or_id)
     try:
         return finder(name_or_id, ignore_missing=False)
     except sdk_exc.DuplicateResource:
         raise errors.InvalidInput(
-            f"More than one {kind} is named '{name_or_id}': use its ID."
+            f"More than one {kind} is named '{shown}'{given}: use its "
+            'ID.'
         ) from None
     except sdk_exc.NotFoundException:
         raise errors.InvalidInput(
-            f"No {kind} with name or ID '{name_or_id}' found."
+            f"No {kind} with name or ID '{shown}' found{given}."
         ) from None

@@ -210,10 +210,15 @@ def _first_time(*values: Any) -> datetime.datetime | None:
 
 
 def _ours(record: dict[str, Any]) -> bool:
+    """A backup the tool made: its record, complete, and not a restore
+    (an image ``backup server restore`` uploaded carries the backup's
+    record and ``osc_backup_restored_from``; it is not a backup, so it is
+    never listed nor pruned as one)."""
     return (
         record.get(records.TOOL) == tags.TOOL
         and record.get(records.METHOD) in METHOD_KINDS
         and record.get(records.TEMPORARY) != 'true'
+        and records.RESTORED_FROM not in record
     )
 
 

@@ -136,9 +136,40 @@ def _chunks(
 
 
 
-def restore_image(
+@dataclass
+class CheckedSet:
+    """A backup set checked before anything is created (:func:`check_set`):
+    valid, its data as recorded, and the key its image needs at hand."""
+
+    backup_set: backup_set.BackupSet
+    key: _Key | None
+    properties: dict[str, str]
+
+
+def check_set(
     conn: Any,
     source: str,
+    *,
+    properties: Mapping[str, str] | None = None,
+    reporter: Reporter | None = None,
+) -> CheckedSet:
+    """Validate the set at ``source`` and hash its data against the
+    manifest; find the key an encrypted volume's image needs. Creates
+    nothing.
+
+    :raises errors.InvalidInput: one line naming the first defect.
+    """
+    reporter = reporter or NullReporter()
+    bs = backup_set.load_set(source)
+    reporter.step(f"Checking '{bs.data}' against its backup set")
+    bs.verify_data()
+    props = dict(properties or {})
+    return CheckedSet(bs, _key_to_restore(conn, bs, props), props)
+
+
+def restore_image(
+    conn: Any,
+    source: str | CheckedSet,
     *,
     name: str | None = None,
     properties: Mapping[str, str] | None = None,
@@ -153,7 +184,9 @@ def restore_image(
     Before anything is created the set is validated
     (:func:`osc_backup.common.backup_set.load_set`: manifest format,
     keys and types, file names inside the set, checksum file) and the
-    data file is hashed and compared with the manifest. The recorded
+    data file is hashed and compared with the manifest (:func:`check_set`;
+    a caller that checked several sets before creating anything passes
+    the :class:`CheckedSet`, made with the same ``properties``). The recorded
     formats and properties are restored (those Glance owns are left out);
     ``name``/``properties`` override. The data is hashed again while it
     is uploaded, and the hash Glance computes is compared with the
@@ -165,10 +198,16 @@ def restore_image(
     """
     reporter = reporter or NullReporter()
     started = clock()
-    bs = backup_set.load_set(source)
+    if isinstance(source, CheckedSet):
+        checked = source
+        if properties is None:
+            properties = checked.properties
+    else:
+        checked = check_set(
+            conn, source, properties=properties, reporter=reporter
+        )
+    bs, key = checked.backup_set, checked.key
     manifest, mpath, data = bs.manifest, bs.manifest_path, bs.data
-    reporter.step(f"Checking '{data}' against its backup set")
-    bs.verify_data()
     have_size = bs.size
     image_rec = manifest.get('image') or {}
     algo, want = bs.hash_algo, bs.hash_value
@@ -177,7 +216,6 @@ def restore_image(
     )
     if not body.get('name'):
         body['name'] = image_rec.get('id') or os.path.basename(data)
-    key = _key_to_restore(conn, bs, properties or {})
     deadline = waits.Deadline(timeout)
     run = run or tags.Run()
     cleanup = Cleanup(reporter, run_id=run.run_id)

@@ -42,6 +42,7 @@ Plain module: takes an openstacksdk ``Connection``; no cliff.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -53,6 +54,7 @@ from openstack import exceptions as sdk_exc
 
 from osc_backup.common import backup_set
 from osc_backup.common import errors
+from osc_backup.common import lookup
 from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common import volumes
@@ -102,6 +104,8 @@ class Disk:
     resource: Any = None
     #: the volume type the restored volume gets (after --volume-type)
     target_type: str | None = None
+    #: a --download directory: the set, checked (prepare)
+    checked: image_restore.CheckedSet | None = None
 
     @property
     def label(self) -> str:
@@ -494,6 +498,16 @@ def parse_nic(text: str) -> str | dict[str, str]:
                 'net-id=<network>,v4-fixed-ip=<ip>,v6-fixed-ip=<ip>,'
                 'port-id=<port>,tag=<tag>.'
             )
+        if key.endswith('-fixed-ip'):
+            try:
+                address = ipaddress.ip_address(value)
+            except ValueError:
+                address = None
+            if address is None or f'v{address.version}' != key[:2]:
+                raise errors.InvalidInput(
+                    f"--nic '{printable(text)}': '{printable(value)}' is "
+                    f'not an IPv{key[1]} address.'
+                )
         nic[keys[key]] = value
     if ('uuid' in nic) == ('port' in nic):
         raise errors.InvalidInput(
@@ -618,6 +632,60 @@ def _volume_types(
             )
 
 
+def _given_nics(
+    conn: Any, nics: str | list[dict[str, str]]
+) -> str | list[dict[str, str]]:
+    """``--nic``/``--network``: each network and port exists here (a
+    network by name or ID, as ``server create`` takes it; a port not
+    bound to another server); networks and ports by ID."""
+    if isinstance(nics, str):
+        return nics
+    checked = []
+    for nic in nics:
+        nic = dict(nic)
+        if 'uuid' in nic:
+            nic['uuid'] = str(lookup.find(
+                conn.network.find_network, 'network', nic['uuid'],
+                option='--network, --nic net-id=',
+            ).id)
+            checked.append(nic)
+            continue
+        port = lookup.find(
+            conn.network.find_port, 'port', nic['port'],
+            option='--nic port-id=',
+        )
+        if getattr(port, 'device_id', None):
+            raise errors.InvalidInput(
+                f"Port '{printable(nic['port'])}' (--nic port-id=) is in "
+                f'use by {printable(port.device_id)}.'
+            )
+        nic['port'] = str(port.id)
+        checked.append(nic)
+    return checked
+
+
+def _upload_properties(rec: Recorded, run: tags.Run) -> dict[str, str]:
+    """What an image uploaded from a backup set gets: this run's, and
+    marked a restore (not a backup of the server)."""
+    return {
+        records.RUN_ID: run.run_id,
+        records.RESTORED_FROM: f'run:{rec.run_id}',
+    }
+
+
+def _check_sets(
+    conn: Any, rec: Recorded, run: tags.Run, reporter: Reporter | None
+) -> None:
+    """Every backup set of a --download directory, data hashed and key
+    found, before the first one is uploaded."""
+    for disk in rec.disks:
+        if disk.set_path is not None and disk.checked is None:
+            disk.checked = image_restore.check_set(
+                conn, disk.set_path,
+                properties=_upload_properties(rec, run), reporter=reporter,
+            )
+
+
 def _lookup_artifacts(conn: Any, rec: Recorded) -> None:
     """In-cloud artifacts: there, and in a state to restore from."""
     for disk in rec.disks:
@@ -652,12 +720,15 @@ def restored_metadata(rec: Recorded, run: tags.Run) -> dict[str, str]:
 
 
 def prepare(
-    conn: Any, rec: Recorded, opts: Options, run: tags.Run
+    conn: Any, rec: Recorded, opts: Options, run: tags.Run,
+    reporter: Reporter | None = None,
 ) -> Plan:
-    """Every check, before anything is created.
+    """Every check, before anything is created: the flavor, key pair,
+    zone, volume types, networks and ports, the artifacts in the cloud,
+    and (a --download directory) every backup set's data hashed.
 
     :raises errors.InvalidInput: one line, naming the option to choose
-        another flavor, key pair, zone or volume type.
+        another flavor, key pair, zone, volume type or network.
     """
     if opts.timeout <= 0:
         raise errors.InvalidInput('--timeout must be a positive number.')
@@ -668,7 +739,7 @@ def prepare(
     _volume_types(conn, rec, opts)
     _lookup_artifacts(conn, rec)
     if opts.nics is not None:
-        networks: str | list[dict[str, str]] = opts.nics
+        networks: str | list[dict[str, str]] = _given_nics(conn, opts.nics)
     elif rec.networks is None:
         networks = NIC_AUTO
         notes.append(
@@ -694,6 +765,7 @@ def prepare(
             'The server gets new ports on the recorded networks (new '
             'addresses).'
         )
+    _check_sets(conn, rec, run, reporter)
     name = opts.name or rec.server_name or f'restore-{rec.run_id}'
     return Plan(
         recorded=rec,
@@ -791,12 +863,8 @@ def _upload(
     # guard removes the image until the image is complete; nothing but
     # the return lies between that and the registration below.
     made = image_restore.restore_image(
-        conn, disk.set_path, name=f'{plan.name}-{suffix}',
-        # this run's, and marked a restore: not a backup of the server
-        properties={
-            records.RUN_ID: run.run_id,
-            records.RESTORED_FROM: f'run:{plan.recorded.run_id}',
-        },
+        conn, disk.checked or disk.set_path, name=f'{plan.name}-{suffix}',
+        properties=_upload_properties(plan.recorded, run),
         timeout=left, reporter=reporter, run=run,
     )
     with cleanup.creating():

@@ -352,8 +352,9 @@ class RestoreServer(command.ShowOne):
             action='append',
             default=[],
             help=_(
-                'Attach the server to this network (ID) (repeat option to '
-                'set multiple networks; default: the recorded networks)'
+                'Attach the server to this network (name or ID) (repeat '
+                'option to set multiple networks; default: the recorded '
+                'networks)'
             ),
         )
         parser.add_argument(
@@ -429,7 +430,10 @@ class RestoreServer(command.ShowOne):
             else:
                 recorded = server_restore.from_run(conn, source)
         run = tags.Run()
-        plan = server_restore.prepare(conn, recorded, opts, run)
+        reporter = self.reporter(parsed_args)
+        plan = server_restore.prepare(
+            conn, recorded, opts, run, reporter=reporter
+        )
         if parsed_args.dry_run:
             data = {
                 'dry_run': True,
@@ -448,7 +452,7 @@ class RestoreServer(command.ShowOne):
                 data[c] for c in RESTORE_DRY_RUN_COLUMNS
             ]
         result = server_restore.restore_server(
-            conn, plan, run=run, reporter=self.reporter(parsed_args),
+            conn, plan, run=run, reporter=reporter,
             timeout=parsed_args.timeout,
         )
         for key in ('volumes', 'uploaded'):

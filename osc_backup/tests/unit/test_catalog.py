@@ -190,6 +190,25 @@ class TestLoad(CloudCase):
         self.assertEqual(['img2', 'img1'],
                          [r.id for r in self.load().records])
 
+    def test_restores_are_not_backups(self):
+        self.two_images()
+        # the root disk image 'backup server restore' uploaded from a
+        # --download directory (the backup's record, and the restore
+        # mark), and a Cinder backup carrying a restored volume's mark
+        self.images.append(image_body(
+            'restored', 'web-root', '2026-02-01T00:00:00Z',
+            record('server-image', 5, osc_backup_server_id='srv',
+                   osc_backup_server_disk='root-disk',
+                   osc_backup_restored_from='run:' + RUN[4]),
+        ))
+        self.backups.append(backup(
+            'restored-b', '2026-02-01T00:00:00',
+            metadata=record('backup', 6,
+                            osc_backup_restored_from='backup:x')))
+        # not listed, and so never in a prune plan (it plans among these)
+        self.assertEqual(['img2', 'img1'],
+                         [r.id for r in self.load().records])
+
     def test_server_image(self):
         self.images.append(image_body(
             'root', 'web-root', '2026-01-01T11:00:00Z',

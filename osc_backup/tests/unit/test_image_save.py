@@ -1032,6 +1032,21 @@ class TestRestore(RestoreTestCase):
         self.assertEqual(IMAGE_ID, r.source_image_id)
         self.conn.image.delete_image.assert_not_called()
 
+    def test_a_checked_set_is_not_hashed_again(self):
+        # server restore checks every set before the first upload
+        checked = image_restore.check_set(
+            self.conn, self.saved.manifest, properties={'k': 'v'})
+        self.assertEqual([], self.writes())
+        with mock.patch.object(image_restore.backup_set, 'file_digest',
+                               side_effect=AssertionError('hashed')):
+            r = image_restore.restore_image(self.conn, checked)
+        self.assertEqual(self.NEW_ID, r.image_id)
+        post = next(h for h in self.adapter.request_history
+                    if h.method == 'POST')
+        # the properties it was checked with
+        self.assertEqual('v', post.json()['k'])
+        self.assertEqual([DATA], self.uploaded)
+
     def test_restore_from_data_file(self):
         r = image_restore.restore_image(self.conn, self.saved.file)
         self.assertEqual(self.NEW_ID, r.image_id)

@@ -7,6 +7,7 @@ import types
 from unittest import mock
 
 import fixtures
+from openstack import exceptions as sdk_exc
 from openstack.compute.v2 import flavor as _flavor
 from openstack.compute.v2 import server as _server
 from openstack.test import fakes as sdk_fakes
@@ -267,11 +268,48 @@ class TestPrepare(ServerRestoreTestCase):
                 ['net-id=n1,v4-fixed-ip=10.0.0.5', 'port-id=p'], ['n2']),
         )
         for bad in (['none', 'auto'], ['bogus=1'], ['v4-fixed-ip=1.2.3.4'],
-                    ['net-id=a,port-id=b']):
+                    ['net-id=a,port-id=b'], ['net-id=a,v4-fixed-ip=1.2.3'],
+                    ['net-id=a,v6-fixed-ip=10.0.0.1']):
             self.assertRaises(errors.InvalidInput,
                               server_restore.nics_option, bad, [])
         self.assertRaises(errors.InvalidInput,
                           server_restore.nics_option, ['none'], ['n'])
+
+    def test_given_networks_and_ports_checked_before_anything(self):
+        network = self.conn.network
+        nets = {'private': mock.Mock(id='net-1')}
+        ports = {'free': mock.Mock(id='port-1', device_id=''),
+                 'used': mock.Mock(id='port-2', device_id='srv-9')}
+
+        def finder(found):
+            def find(name, ignore_missing):
+                if name not in found:
+                    raise sdk_exc.NotFoundException()
+                return found[name]
+            return find
+
+        network.find_network.side_effect = finder(nets)
+        network.find_port.side_effect = finder(ports)
+        plan = self.plan(nics=[{'uuid': 'private', 'fixed_ip': '10.0.0.5'},
+                               {'port': 'free'}])
+        # by ID, as Nova takes them
+        self.assertEqual([{'uuid': 'net-1', 'fixed_ip': '10.0.0.5'},
+                          {'port': 'port-1'}], plan.networks)
+        for nics, said in (
+            ([{'uuid': 'nowhere'}],
+             "No network with name or ID 'nowhere' found (--network"),
+            ([{'port': 'gone'}],
+             "No port with name or ID 'gone' found (--nic port-id=)"),
+            ([{'port': 'used'}], 'is in use by srv-9'),
+        ):
+            e = self.assertRaises(errors.InvalidInput, self.plan, nics=nics)
+            self.assertIn(said, str(e))
+        network.find_network.side_effect = sdk_exc.DuplicateResource()
+        e = self.assertRaises(errors.InvalidInput, self.plan,
+                              nics=[{'uuid': 'twice'}])
+        self.assertIn("named 'twice' (--network, --nic net-id=): use its ID",
+                      str(e))
+        self.assertNothingCreated()
 
     def test_steps(self):
         steps = server_restore.plan_steps(self.plan())
@@ -544,7 +582,8 @@ class TestRestoreFromDirectory(ServerRestoreTestCase):
         self.bs.get_volume.side_effect = lambda vid: fakes.volume(id=vid)
         self.bs.wait_for_status.side_effect = lambda res, **kw: res
 
-    def _upload(self, conn, path, **kwargs):
+    def _upload(self, conn, checked, **kwargs):
+        path = checked.backup_set.manifest_path
         self.uploaded.append((os.path.basename(path), kwargs))
         image_id = f'up-{len(self.uploaded)}'
         key = 'new-key' if 'vol' in path else None
@@ -582,6 +621,20 @@ class TestRestoreFromDirectory(ServerRestoreTestCase):
             'up-2', ignore_missing=True)
         self.conn.key_manager.delete_secret.assert_called_once_with(
             'new-key', ignore_missing=True)
+
+    def test_every_set_hashed_before_the_first_upload(self):
+        rec = server_restore.from_directory(self.dir)
+        # the second set's data changed, its size and files as recorded:
+        # only hashing the data finds it
+        with open(os.path.join(self.dir, 'vol.raw'), 'r+b') as f:
+            f.write(b'x')
+        e = self.assertRaises(
+            errors.InvalidInput, server_restore.prepare, self.conn, rec,
+            server_restore.Options(volume_types={'luks': 'enc'}),
+            self.run_ctx, reporter=self.reporter)
+        self.assertIn("vol.raw' does not match its backup set", str(e))
+        self.restore_image.assert_not_called()
+        self.assertNothingCreated()
 
     def test_damaged_set_refused_before_anything(self):
         with open(os.path.join(self.dir, 'vol.raw.sha512'), 'w') as f:
