@@ -153,6 +153,28 @@ class Lister(_Base, command.Lister):
         return self._run(parsed_args, rows=True)
 
 
+class ExitCode:
+    """A Lister that prints its table and still exits non-zero: set
+    ``exit_code`` in ``backup_action`` (mix in before the base)."""
+
+    exit_code = 0
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        code = super().run(parsed_args)  # type: ignore[misc]
+        return self.exit_code or int(code or 0)
+
+
+def whole_number(text: str, minimum: int, what: str = 'a whole number') -> int:
+    """argparse helper: ``text`` as an int of at least ``minimum``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f'must be {minimum} or more')
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type for --timeout."""
     try:
@@ -186,15 +208,23 @@ def add_wait_args(parser: argparse.ArgumentParser, what: str) -> None:
 def add_timeout_arg(parser: argparse.ArgumentParser) -> None:
     """--timeout, for verbs that always wait (and inside add_wait_args),
     and --cleanup-timeout with it."""
+    add_plain_timeout_arg(
+        parser,
+        'Give up when the whole run takes longer than this many '
+        'seconds (default: 3600); temporary resources are still removed',
+    )
+    add_cleanup_timeout_arg(parser)
+
+
+def add_plain_timeout_arg(parser: argparse.ArgumentParser, text: str) -> None:
+    """--timeout alone (seconds, default 3600), with the verb's help."""
     parser.add_argument(
         '--timeout',
         metavar='<seconds>',
         type=positive_float,
         default=3600.0,
-        help='Give up when the whole run takes longer than this many '
-        'seconds (default: 3600); temporary resources are still removed',
+        help=text,
     )
-    add_cleanup_timeout_arg(parser)
 
 
 def add_cleanup_timeout_arg(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,15 @@ that remove it; the run ends with :class:`errors.Interrupted` for that
 signal (exit status 130 for SIGINT, 143 for SIGTERM). Signals are counted
 per process, across nested guards.
 
+Worker threads. Signals reach only the main thread. A command that runs
+procedures in worker threads (``backup run --parallel``) wraps them in
+:func:`cancelling`: its main thread's handler sets a
+:class:`waits.Cancellation` instead of raising, and each worker's waits
+raise :class:`errors.Interrupted` within one poll, so the worker's own
+stack runs as above. The same two signals apply: the first stops the work
+and cleans up, the second stops the cleanups' waits and lists what is
+left. A guard in a worker thread takes no part in signal dispatch.
+
 If an undo action fails, the run ends non-zero with what is left and the
 exact, shell-quoted commands that remove it. ``keep_temporary`` keeps the
 temporary resources (for debugging) and says how to remove them later.
@@ -45,6 +54,7 @@ import contextvars
 import logging
 import shlex
 import signal
+import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -116,6 +126,8 @@ class _Signals:
         self.saved: dict[int, Any] = {}
         #: the signal that said "stop waiting" (the second one)
         self.stop: str | None = None
+        #: the run whose workers a signal cancels (see cancelling())
+        self.scope: _Scope | None = None
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -138,9 +150,20 @@ _SIGNALS = _Signals()
 def _on_signal(signum: int, frame: types.FrameType | None) -> None:
     name = signal.Signals(signum).name
     _SIGNALS.received.append(name)
+    if _SIGNALS.scope is not None:
+        _SIGNALS.scope.signalled(name)
+        return
     if not _SIGNALS.guards:  # pragma: no cover - installed only with one
         raise errors.Interrupted(name)
     _SIGNALS.guards[-1]._signalled(name)
+
+
+def _say(reporter: Reporter, message: str) -> None:
+    """A note from the signal handler: never let it fail the run."""
+    try:
+        reporter.note(message)
+    except (OSError, RuntimeError, ValueError):  # pragma: no cover
+        LOG.debug('Could not write a note from the signal handler')
 
 
 class Cleanup:
@@ -210,11 +233,7 @@ class Cleanup:
 
     # -- signals ------------------------------------------------------
     def _say(self, message: str) -> None:
-        """A note from the signal handler: never let it fail the run."""
-        try:
-            self.reporter.note(message)
-        except (OSError, RuntimeError, ValueError):  # pragma: no cover
-            LOG.debug('Could not write a note from the signal handler')
+        _say(self.reporter, message)
 
     def _signalled(self, name: str) -> None:
         """Called by the signal handler; may raise :class:`Interrupted`."""
@@ -267,7 +286,8 @@ class Cleanup:
                 self.reporter.step(f'Cleanup: {undo.description}')
                 try:
                     self._in_action = True
-                    with waits.capped(self.timeout, TIMEOUT_OPTION):
+                    with waits.capped(self.timeout, TIMEOUT_OPTION), \
+                            waits.shielded():
                         undo.action()
                 except errors.Interrupted:
                     if _SIGNALS.stop is None:
@@ -378,14 +398,18 @@ class Cleanup:
         signal, the leftovers are printed and :class:`errors.Interrupted`
         for that signal is raised.
         """
-        if not _SIGNALS.guards:
-            _SIGNALS.install()
-        _SIGNALS.guards.append(self)
+        # only the main thread gets signals; a worker's guard learns of
+        # them from its waits (see cancelling())
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            if not _SIGNALS.guards and _SIGNALS.scope is None:
+                _SIGNALS.install()
+            _SIGNALS.guards.append(self)
         try:
             try:
                 yield self
             except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
+                if isinstance(exc, KeyboardInterrupt) and main:
                     self._announce(exc)
                 left = self.run(failed=True)
                 stop = self.stopped
@@ -418,6 +442,60 @@ class Cleanup:
                     + self.leftover_message(left)
                 )
         finally:
-            _SIGNALS.guards.remove(self)
-            if not _SIGNALS.guards:
-                _SIGNALS.restore()
+            if main:
+                _SIGNALS.guards.remove(self)
+                if not _SIGNALS.guards and _SIGNALS.scope is None:
+                    _SIGNALS.restore()
+
+
+class _Scope:
+    """The main thread's side of :func:`cancelling`."""
+
+    def __init__(self, token: waits.Cancellation, reporter: Reporter) -> None:
+        self.token = token
+        self.reporter = reporter
+
+    def _say(self, message: str) -> None:
+        _say(self.reporter, message)
+
+    def signalled(self, name: str) -> None:
+        if not self.token.cancelled:
+            self.token.cancel(name)
+            self._say(
+                f'{name} received: starting nothing more; what is in '
+                'progress stops and removes what it created (each step '
+                f'waiting at most {_default_timeout.get():g}s, '
+                f'{TIMEOUT_OPTION}). Press Ctrl-C again to stop waiting; '
+                'what is left is then listed with the commands that '
+                'remove it.'
+            )
+        elif not self.token.stopped:
+            _SIGNALS.stop = name
+            self.token.stop_waiting(name)
+
+
+@contextlib.contextmanager
+def cancelling(
+    token: waits.Cancellation, reporter: Reporter
+) -> Iterator[waits.Cancellation]:
+    """Run worker threads' procedures under ``token`` (main thread only).
+
+    SIGINT/SIGTERM no longer raise in the main thread: the first cancels
+    ``token`` (workers stop at their next poll and clean up; the caller
+    starts nothing more), the second also stops the cleanups' waits. The
+    caller passes ``token`` on to its workers with
+    :func:`waits.cancellable` and, once they are done, reports
+    ``token.signame`` as the run's end (exit status 128 + signal).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError('cancelling() belongs to the main thread')
+    if _SIGNALS.scope is not None or _SIGNALS.guards:
+        raise RuntimeError('cancelling() cannot be nested in a guard')
+    _SIGNALS.scope = _Scope(token, reporter)
+    _SIGNALS.install()
+    try:
+        with waits.cancellable(token):
+            yield token
+    finally:
+        _SIGNALS.scope = None
+        _SIGNALS.restore()

@@ -25,10 +25,14 @@ escaped, never obeyed.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
 from osc_backup.common.text import printable_lines
+
+#: one line at a time on stderr, whichever thread writes it
+_WRITE = threading.Lock()
 
 
 class Reporter:
@@ -45,8 +49,9 @@ class Reporter:
         self._started = time.monotonic()
 
     def _write(self, text: str) -> None:
-        self.stream.write(printable_lines(text) + '\n')
-        self.stream.flush()
+        with _WRITE:
+            self.stream.write(printable_lines(text) + '\n')
+            self.stream.flush()
 
     def step(self, message: str) -> None:
         """A progress line: shown on a terminal only."""
@@ -61,6 +66,26 @@ class Reporter:
     def note(self, message: str) -> None:
         """Information the user needs whatever the terminal: always shown."""
         self._write(message)
+
+
+class Prefixed(Reporter):
+    """Writes through ``parent``, each line after ``prefix`` (e.g. the
+    resource a worker of ``backup run`` backs up); its steps are shown
+    only when ``steps`` is true."""
+
+    def __init__(self, parent: Reporter, prefix: str, *, steps: bool) -> None:
+        super().__init__(stream=parent.stream, progress=parent.progress)
+        self.parent = parent
+        self.prefix = prefix
+        self.progress = steps and parent.progress
+
+    def _write(self, text: str) -> None:
+        lines = text.split('\n')
+        self.parent._write('\n'.join(
+            [f'{self.prefix}: {lines[0]}']
+            + [f'{self.prefix}: {line}' if line else line
+               for line in lines[1:]]
+        ))
 
 
 class NullReporter(Reporter):

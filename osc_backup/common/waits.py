@@ -38,6 +38,18 @@ request rate falls as a wait goes on: about 10 requests in the first 2 s,
 about 50 in the first minute, then 12 per minute (about 760 requests for a
 wait of an hour).
 
+Cancellation
+------------
+Signals reach only the main thread. A command that runs procedures in
+worker threads (``backup run --parallel``) gives them a
+:class:`Cancellation` (:func:`cancellable`); its main thread's signal
+handler sets it. The first signal stops work: every wait of a worker
+raises :class:`errors.Interrupted` within one poll, so the worker's own
+cleanup stack runs, exactly as a single command's does on Ctrl-C. The
+waits of that cleanup (inside :func:`shielded`) go on; only a second
+signal stops them too ("stop waiting"). Without a cancellation in
+context (the single verbs, in the main thread), waits behave as before.
+
 The polling itself is openstacksdk's ``wait_for_status`` /
 ``wait_for_delete`` (fetch, compare, failure states), called for windows
 of :data:`POLLS_PER_WINDOW` polls at one interval; the interval is
@@ -50,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,6 +176,101 @@ def capped(seconds: float, option: str) -> Iterator[Deadline]:
         _CAP.reset(token)
 
 
+class Cancellation:
+    """A run's cancellation, set from the main thread's signal handler
+    and seen by the waits of worker threads (see the module docstring).
+    Thread-safe."""
+
+    def __init__(self) -> None:
+        #: set by the first signal (and by the second)
+        self._work = threading.Event()
+        #: set by the second signal: stop waiting, also in cleanups
+        self._waiting = threading.Event()
+        #: the signals' names, first and second
+        self.signame: str | None = None
+        self.stop_signame: str | None = None
+
+    def cancel(self, signame: str) -> None:
+        """The first signal: stop work, clean up."""
+        if self.signame is None:
+            self.signame = signame
+        self._work.set()
+
+    def stop_waiting(self, signame: str) -> None:
+        """The second signal: stop every wait, cleanups' included."""
+        if self.stop_signame is None:
+            self.stop_signame = signame
+        self.cancel(signame)
+        self._waiting.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._work.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._waiting.is_set()
+
+    def check(self, shielded: bool = False) -> None:
+        """Raise :class:`errors.Interrupted` when cancelled (in a cleanup,
+        ``shielded``: only after the second signal)."""
+        if self._waiting.is_set():
+            raise errors.Interrupted(self.stop_signame or 'SIGINT')
+        if not shielded and self._work.is_set():
+            raise errors.Interrupted(self.signame or 'SIGINT')
+
+    def sleep(self, seconds: float, shielded: bool = False) -> None:
+        """Sleep ``seconds``, ending early (raising) when cancelled."""
+        event = self._waiting if shielded else self._work
+        event.wait(max(0.0, seconds))
+        self.check(shielded)
+
+
+_CANCEL: contextvars.ContextVar[Cancellation | None] = (
+    contextvars.ContextVar('osc_backup_cancellation', default=None)
+)
+_SHIELDED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    'osc_backup_wait_shielded', default=False
+)
+
+
+@contextlib.contextmanager
+def cancellable(token: Cancellation) -> Iterator[Cancellation]:
+    """Waits inside the block end with :class:`errors.Interrupted` when
+    ``token`` is cancelled (see the module docstring)."""
+    reset = _CANCEL.set(token)
+    try:
+        yield token
+    finally:
+        _CANCEL.reset(reset)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Waits inside the block (a cleanup's) ignore the first signal of a
+    :class:`Cancellation`; only a second one stops them."""
+    reset = _SHIELDED.set(True)
+    try:
+        yield
+    finally:
+        _SHIELDED.reset(reset)
+
+
+def check_cancelled() -> None:
+    """Raise :class:`errors.Interrupted` if the run in context was
+    cancelled (for loops of a worker that do not wait: call between
+    steps). Nothing without a :class:`Cancellation` in context."""
+    token = _CANCEL.get()
+    if token is not None:
+        token.check(_SHIELDED.get())
+
+
+def cancelled() -> bool:
+    """Whether the run in context was told to stop (first signal)."""
+    token = _CANCEL.get()
+    return token is not None and token.cancelled
+
+
 def _bound(timeout: float | Deadline) -> tuple[Deadline, float, str]:
     """The deadline a wait must meet, the seconds it has now, and the
     option that sets that deadline."""
@@ -255,7 +363,8 @@ def _polling(
     :func:`poll_interval` gives for the time waited so far; a fixed
     ``interval`` polls at that pace until the deadline in one call.
     Never past ``deadline``: the last window ends with openstacksdk's
-    ``ResourceTimeout``.
+    ``ResourceTimeout``. With a :class:`Cancellation` in context, every
+    window is one poll and the sleeps end when it is cancelled.
 
     A poll that meets a transient error (a keep-alive connection the
     server is just closing, a load balancer's 502) is retried: at most
@@ -263,15 +372,31 @@ def _polling(
     deadline. A long wait makes hundreds of requests, and one blip must
     not end a run that holds temporary resources.
     """
+    token = _CANCEL.get()
+    guarded = _SHIELDED.get()
+    if token is not None and sleep is time.sleep:
+        # a worker's wait: sleep on the cancellation, so that a signal
+        # ends it at once
+        def sleep(seconds: float) -> None:
+            assert token is not None
+            token.sleep(seconds, guarded)
+
     started = clock()
     blips = 0
     while True:
+        if token is not None:
+            token.check(guarded)
         left = deadline.remaining()
         if left <= _NO_TIME:
             raise sdk_exc.ResourceTimeout('deadline reached')
         if interval is None:
             step = min(poll_interval(clock() - started), left)
-            window = min(step * POLLS_PER_WINDOW, left)
+            # a cancellable wait checks between polls: one per window
+            polls = POLLS_PER_WINDOW if token is None else 1
+            window = min(step * polls, left)
+        elif token is not None:
+            step = interval
+            window = min(float(interval), left)
         else:
             step = interval
             window = float(max(1, round(left)))
@@ -279,7 +404,9 @@ def _polling(
         try:
             return call(step, window)
         except sdk_exc.ResourceTimeout:
-            if interval is not None:
+            if interval is not None and (
+                token is None or deadline.remaining() <= _NO_TIME
+            ):
                 raise
             blips = 0  # the window's polls went through
             # a window never ends early (that would poll in a busy loop)

@@ -177,6 +177,16 @@ def _exclude(
     return [t.id for t in named]
 
 
+def check_criteria(criteria: Criteria) -> None:
+    """:raises errors.InvalidInput: nothing selected (checked before any
+    request)."""
+    if criteria.empty():
+        raise errors.InvalidInput(
+            'Nothing selected: give --volume, --server, --all-volumes, '
+            '--all-servers or --property.'
+        )
+
+
 def select(conn: Any, criteria: Criteria) -> Selection:
     """Resolve ``criteria`` into the resources of a run.
 
@@ -195,11 +205,7 @@ def select(conn: Any, criteria: Criteria) -> Selection:
     :raises errors.InvalidInput: nothing selected, a name not found or
         ambiguous, an excluded volume that a selected server covers.
     """
-    if criteria.empty():
-        raise errors.InvalidInput(
-            'Nothing selected: give --volume, --server, --all-volumes, '
-            '--all-servers or --property.'
-        )
+    check_criteria(criteria)
     notes: list[str] = []
     servers: dict[str, Any] = {}
     vols: dict[str, Any] = {}
@@ -379,6 +385,10 @@ class ResourceResult:
     #: seconds
     duration: float | None = None
     error: str = ''
+    #: --then-prune: the backups of this source deleted after its backup
+    pruned: list[str] = field(default_factory=list)
+    #: --then-prune: why pruning this source failed (the backup is ok)
+    prune_error: str = ''
 
     def __post_init__(self) -> None:
         if self.result not in RESULTS:
@@ -450,10 +460,15 @@ def summarize(results: Sequence[ResourceResult], duration: float) -> Summary:
 def exit_code(results: Sequence[ResourceResult]) -> int:
     """:data:`EXIT_OK` when every resource is ok (or planned: a dry run),
     including an empty shard; :data:`EXIT_FAILED` when any failed or was
-    skipped. Bad input never gets here: it is an ``InvalidInput`` raised
-    by :func:`select`, :func:`parse_shard` or :func:`plan` before anything
-    starts (:data:`EXIT_INVALID`, the command's business)."""
-    if all(r.result in (OK, PLANNED) for r in results):
+    skipped, or its ``--then-prune`` failed. Bad input never gets here:
+    it is an ``InvalidInput`` raised by :func:`select`,
+    :func:`parse_shard` or :func:`plan` before anything starts
+    (:data:`EXIT_INVALID`, the command's business); an interrupted run
+    ends with 128 + the signal (the command's business too).
+    """
+    if all(
+        r.result in (OK, PLANNED) and not r.prune_error for r in results
+    ):
         return EXIT_OK
     return EXIT_FAILED
 
@@ -472,6 +487,7 @@ def plan(
     *,
     image_only: list[str] | None = None,
     backup_only: list[str] | None = None,
+    probe: bool = False,
 ) -> list[ResourceResult]:
     """Choose each volume's method (:func:`volume_choice.choose`, without
     its side-effecting probe) and return one ``planned`` row per target.
@@ -479,7 +495,11 @@ def plan(
     The automatic choice depends only on the volume's availability zone,
     so it is asked once per zone; every volume gets its own copy of the
     :class:`volume_choice.Choice` (in :attr:`Target.choice`), which the run
-    passes to ``volume_choice.backup_volume``. Servers get ``requested``:
+    passes to ``volume_choice.backup_volume``. With ``probe`` (a real run,
+    not ``--dry-run``) the choice may probe the cloud
+    (:func:`volume_backup.detect`), and the volumes of one zone share one
+    ``Choice``: a fall-back to the image path that one of them learns
+    applies to the others. Servers get ``requested``:
     their plan (``server_plan.prepare``) needs requests per server and is
     made when they run.
 
@@ -510,9 +530,9 @@ def plan(
         if zone not in by_zone:
             by_zone[zone] = volume_choice.choose(
                 conn, target.resource, requested, image_only=image_only,
-                backup_only=backup_only, probe=False,
+                backup_only=backup_only, probe=probe,
             )
-        choice = dataclasses.replace(
+        choice = by_zone[zone] if probe else dataclasses.replace(
             by_zone[zone], backup_only=list(by_zone[zone].backup_only)
         )
         target.choice = choice

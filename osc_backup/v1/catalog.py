@@ -81,15 +81,7 @@ def count_arg(text: str) -> int:
     """argparse type for --keep-*: a count, or 'unlimited'."""
     if text == 'unlimited':
         return -1
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a number or 'unlimited'"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more, or 'unlimited'")
-    return value
+    return command.whole_number(text, 0, "a number or 'unlimited'")
 
 
 def duration_arg(text: str) -> Any:
@@ -137,13 +129,10 @@ def run_arg(text: str) -> str:
 
 
 def _add_timeout_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        '--timeout',
-        metavar='<seconds>',
-        type=command.positive_float,
-        default=3600.0,
-        help=_('Give up waiting for the deletions when they take longer '
-               'than this many seconds in all (default: 3600)'),
+    command.add_plain_timeout_arg(
+        parser,
+        _('Give up waiting for the deletions when they take longer than '
+          'this many seconds in all (default: 3600)'),
     )
 
 
@@ -152,6 +141,52 @@ NO_RULE = (
     '--keep-weekly, --keep-monthly, --keep-yearly or --keep-within): '
     'refusing to delete anything'
 )
+
+
+def add_retention_args(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+) -> None:
+    """--keep-last/hourly/daily/weekly/monthly/yearly and --keep-within:
+    the retention rules of ``backup prune`` (and of ``backup run
+    --then-prune``); read them with :func:`retention_policy`."""
+    for name, period in (
+        ('last', 'the N newest backups'),
+        ('hourly', 'the newest backup of each of the N newest hours'),
+        ('daily', 'the newest backup of each of the N newest days'),
+        ('weekly', 'the newest backup of each of the N newest ISO '
+                   'weeks'),
+        ('monthly', 'the newest backup of each of the N newest months'),
+        ('yearly', 'the newest backup of each of the N newest years'),
+    ):
+        parser.add_argument(
+            f'--keep-{name}',
+            metavar='<N>',
+            type=count_arg,
+            default=0,
+            help=_('Keep %s that have backups, per group '
+                   "('unlimited': all)") % period
+            if name != 'last' else
+            _("Keep %s of each group ('unlimited': all)") % period,
+        )
+    parser.add_argument(
+        '--keep-within',
+        metavar='<duration>',
+        type=duration_arg,
+        help=_('Keep every backup made within <duration> before now: '
+               'numbers with y, m (months), w, d, h, e.g. 2w3d'),
+    )
+
+
+def retention_policy(parsed_args: argparse.Namespace) -> Any:
+    """The :class:`retention.Policy` of :func:`add_retention_args`."""
+    from osc_backup.common import retention
+
+    return retention.Policy(
+        last=parsed_args.keep_last, hourly=parsed_args.keep_hourly,
+        daily=parsed_args.keep_daily, weekly=parsed_args.keep_weekly,
+        monthly=parsed_args.keep_monthly,
+        yearly=parsed_args.keep_yearly, within=parsed_args.keep_within,
+    )
 
 
 def _add_filter_args(parser: argparse.ArgumentParser) -> None:
@@ -379,16 +414,6 @@ class ShowBackup(command.ShowOne):
         return SHOW_FIELDS, [info[f] for f in SHOW_FIELDS]
 
 
-class _ExitCode:
-    """A Lister that prints its table and still exits non-zero."""
-
-    exit_code = 0
-
-    def run(self, parsed_args: argparse.Namespace) -> int:
-        code = super().run(parsed_args)  # type: ignore[misc]
-        return self.exit_code or int(code or 0)
-
-
 def _size(size: int | None) -> Any:
     return '' if size is None else format_columns.SizeColumn(size)
 
@@ -397,7 +422,7 @@ def _human(size: int) -> str:
     return str(osc_utils.format_size(size))
 
 
-class DeleteBackup(_ExitCode, command.Lister):
+class DeleteBackup(command.ExitCode, command.Lister):
     _description = _(
         "Delete backups osc-backup made, waiting until they are gone\n\n"
         "Images and Cinder backups, or whole runs with --run. Anything "
@@ -471,7 +496,7 @@ class DeleteBackup(_ExitCode, command.Lister):
         ]
 
 
-class PruneBackup(_ExitCode, _CatalogCommand, command.Lister):
+class PruneBackup(command.ExitCode, _CatalogCommand, command.Lister):
     _description = _(
         "Delete old backups osc-backup made, by retention rules\n\n"
         "The rules are restic's: a backup is kept if any rule keeps it. "
@@ -493,32 +518,7 @@ class PruneBackup(_ExitCode, _CatalogCommand, command.Lister):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        for name, period in (
-            ('last', 'the N newest backups'),
-            ('hourly', 'the newest backup of each of the N newest hours'),
-            ('daily', 'the newest backup of each of the N newest days'),
-            ('weekly', 'the newest backup of each of the N newest ISO '
-                       'weeks'),
-            ('monthly', 'the newest backup of each of the N newest months'),
-            ('yearly', 'the newest backup of each of the N newest years'),
-        ):
-            parser.add_argument(
-                f'--keep-{name}',
-                metavar='<N>',
-                type=count_arg,
-                default=0,
-                help=_('Keep %s that have backups, per group '
-                       "('unlimited': all)") % period
-                if name != 'last' else
-                _("Keep %s of each group ('unlimited': all)") % period,
-            )
-        parser.add_argument(
-            '--keep-within',
-            metavar='<duration>',
-            type=duration_arg,
-            help=_('Keep every backup made within <duration> before now: '
-                   'numbers with y, m (months), w, d, h, e.g. 2w3d'),
-        )
+        add_retention_args(parser)
         parser.add_argument(
             '--group-by',
             metavar='<fields>',
@@ -558,14 +558,7 @@ class PruneBackup(_ExitCode, _CatalogCommand, command.Lister):
         return parser
 
     def policy(self, parsed_args: argparse.Namespace) -> Any:
-        from osc_backup.common import retention
-
-        return retention.Policy(
-            last=parsed_args.keep_last, hourly=parsed_args.keep_hourly,
-            daily=parsed_args.keep_daily, weekly=parsed_args.keep_weekly,
-            monthly=parsed_args.keep_monthly,
-            yearly=parsed_args.keep_yearly, within=parsed_args.keep_within,
-        )
+        return retention_policy(parsed_args)
 
     def backup_action(
         self, parsed_args: argparse.Namespace
