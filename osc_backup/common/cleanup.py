@@ -204,8 +204,9 @@ class Cleanup:
         leftover: str,
         remove_command: str | Sequence[str],
         when: str = TEMPORARY,
-    ) -> None:
-        """Register the undo of a resource just created.
+    ) -> Undo:
+        """Register the undo of a resource just created; returns it (for
+        :meth:`drop` and :meth:`move_up`).
 
         :param remove_command: the command that removes it by hand: an
             argument list (quoted here for the shell; preferred) or a
@@ -213,13 +214,26 @@ class Cleanup:
         """
         if not isinstance(remove_command, str):
             remove_command = shell_command(*remove_command)
-        self._stack.append(
-            Undo(description, action, leftover, remove_command, when)
-        )
+        undo = Undo(description, action, leftover, remove_command, when)
+        self._stack.append(undo)
+        return undo
 
-    def remove_image_on_failure(self, image_proxy: Any, image_id: str) -> None:
+    def drop(self, undo: Undo) -> None:
+        """No longer undo ``undo``: its resource is a result of the run
+        now (or is gone)."""
+        if undo in self._stack:
+            self._stack.remove(undo)
+
+    def move_up(self, undo: Undo) -> None:
+        """Run ``undo`` before every action registered so far (e.g. give a
+        paused server back before the snapshots taken meanwhile are
+        deleted)."""
+        self.drop(undo)
+        self._stack.append(undo)
+
+    def remove_image_on_failure(self, image_proxy: Any, image_id: str) -> Undo:
         """An image being made is deleted if the run fails."""
-        self.add(
+        return self.add(
             f'delete incomplete image {image_id}',
             lambda: image_proxy.delete_image(image_id, ignore_missing=True),
             leftover=f'image {image_id}',
@@ -238,9 +252,15 @@ class Cleanup:
     def _signalled(self, name: str) -> None:
         """Called by the signal handler; may raise :class:`Interrupted`."""
         if len(_SIGNALS.received) == 1:
-            if self._holding:
+            # a creation held by this guard or by an enclosing one (a
+            # resource made inside a nested guard may be registered with
+            # the outer one)
+            holder = next(
+                (g for g in reversed(_SIGNALS.guards) if g._holding), None
+            )
+            if holder is not None:
                 # raised by creating() once the new resource is registered
-                self._held = name
+                holder._held = name
                 return
             if self._in_cleanup:
                 self._late = name

@@ -20,6 +20,9 @@ named with the tool's prefix and the run ID (the run tag):
   (temporary snapshots and volumes; images while they are uploaded and
   until their record is written; Nova root snapshots until they are
   active; restore target volumes until the restore is done);
+* ``snapshot for osc-backup-tmp-<run>-nova-of-<server>``: the Cinder
+  snapshots Nova's createImage makes of a volume-booted server's volumes
+  (Nova names them after the image, which has the run's temporary name);
 * ``osc-backup-key-<run>-of-<image>``: a Barbican secret the run stored
   for an image it restores (Barbican names cannot change; the secret is
   a leftover only while no image refers to it).
@@ -46,6 +49,9 @@ PREFIX = records.PREFIX
 #: Name prefixes (see the module docstring).
 TEMPORARY_PREFIX = f'{TOOL}-tmp-'
 KEY_PREFIX = f'{TOOL}-key-'
+
+#: Nova names the snapshots of a createImage "snapshot for <image name>"
+NOVA_SNAPSHOT_PREFIX = 'snapshot for '
 
 #: A run ID: 12 lower-case hex digits.
 RUN_ID_PATTERN = r'[0-9a-f]{12}'

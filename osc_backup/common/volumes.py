@@ -19,6 +19,7 @@ their own undo actions, and the deletions those actions perform.
 from __future__ import annotations
 
 import logging
+from concurrent import futures
 from typing import Any
 
 from openstack import exceptions as sdk_exc
@@ -52,6 +53,8 @@ def find_volume(block_storage: Any, name_or_id: str) -> Any:
 #: volume status -> consistency of a backup taken in that status
 OFFLINE = 'offline'
 CRASH_CONSISTENT = 'crash-consistent'
+#: the guest's file systems were frozen (its agent) while it was captured
+APP_CONSISTENT = 'app-consistent'
 CONSISTENCY = {'available': OFFLINE, 'in-use': CRASH_CONSISTENT}
 
 
@@ -173,6 +176,37 @@ def release_snapshot(block_storage: Any, snapshot: Any) -> None:
                   snapshot.id, exc)
 
 
+def _temporary_snapshot_attrs(volume: Any, run: Run) -> dict[str, Any]:
+    return {
+        'volume_id': volume.id,
+        'name': run.temporary_name('snapshot', volume.name or volume.id),
+        'description': f'Temporary snapshot of osc-backup run {run.run_id}',
+        'metadata': run.temporary_metadata(volume.id),
+    }
+
+
+def remove_snapshot_always(
+    block_storage: Any,
+    snapshot_id: str,
+    cleanup: Cleanup,
+    *,
+    what: str = 'temporary snapshot',
+    interval: float | None = waits.DEFAULT_INTERVAL,
+) -> Any:
+    """Register the deletion of a temporary snapshot (on success, failure
+    and interrupt); returns the undo."""
+    return cleanup.add(
+        f'delete {what} {snapshot_id}',
+        lambda: delete_snapshot(
+            block_storage, snapshot_id, step=f'delete {what}',
+            interval=interval,
+        ),
+        leftover=f'snapshot {snapshot_id}',
+        remove_command=['openstack', 'volume', 'snapshot', 'delete',
+                        snapshot_id],
+    )
+
+
 def create_temporary_snapshot(
     block_storage: Any,
     volume: Any,
@@ -184,30 +218,86 @@ def create_temporary_snapshot(
 ) -> Any:
     """Snapshot ``volume`` (forced only where the microversion needs it),
     register its deletion, and wait until it is ``available``."""
-    attrs: dict[str, Any] = {
-        'volume_id': volume.id,
-        'name': run.temporary_name('snapshot', volume.name or volume.id),
-        'description': f'Temporary snapshot of osc-backup run {run.run_id}',
-        'metadata': run.temporary_metadata(volume.id),
-    }
     with cleanup.creating():
         snap = microversion.create_snapshot(
-            block_storage, attrs, volume.status
+            block_storage, _temporary_snapshot_attrs(volume, run),
+            volume.status,
         )
-        cleanup.add(
-            f'delete temporary snapshot {snap.id}',
-            lambda: delete_snapshot(
-                block_storage, snap.id,
-                step='delete temporary snapshot', interval=interval,
-            ),
-            leftover=f'snapshot {snap.id}',
-            remove_command=['openstack', 'volume', 'snapshot', 'delete',
-                            snap.id],
+        remove_snapshot_always(
+            block_storage, snap.id, cleanup, interval=interval
         )
     return waits.wait_for_status(
         block_storage, snap, 'available', kind='snapshot',
         step='create temporary snapshot', timeout=timeout, interval=interval,
     )
+
+
+def request_temporary_snapshots(
+    block_storage: Any,
+    sources: list[Any],
+    *,
+    run: Run,
+    cleanup: Cleanup,
+    interval: float | None = waits.DEFAULT_INTERVAL,
+) -> list[Any]:
+    """Request a temporary snapshot of every volume of ``sources`` at once
+    (one request per volume, all in flight together) and register each
+    one's deletion; not waited for (:func:`wait_available`).
+
+    Signals are held until every request has returned and every
+    snapshot made is registered. If a request fails, the snapshots the
+    others made are registered all the same, then the first error is
+    raised.
+
+    :returns: the new snapshots, in the order of ``sources``.
+    """
+    if not sources:
+        return []
+    # discovered once, before the threads ask for it
+    microversion.snapshot_microversion(block_storage)
+    made: list[Any] = []
+    failure: BaseException | None = None
+    with cleanup.creating():
+        with futures.ThreadPoolExecutor(max_workers=len(sources)) as pool:
+            pending = [
+                pool.submit(
+                    microversion.create_snapshot, block_storage,
+                    _temporary_snapshot_attrs(volume, run), volume.status,
+                )
+                for volume in sources
+            ]
+            for future in pending:
+                try:
+                    snap = future.result()
+                except Exception as exc:
+                    LOG.debug('Snapshot request failed', exc_info=True)
+                    failure = failure or exc
+                    continue
+                remove_snapshot_always(
+                    block_storage, snap.id, cleanup, interval=interval
+                )
+                made.append(snap)
+    if failure is not None:
+        raise failure
+    return made
+
+
+def wait_available(
+    block_storage: Any,
+    snapshots: list[Any],
+    *,
+    step: str,
+    timeout: float | waits.Deadline,
+    interval: float | None = waits.DEFAULT_INTERVAL,
+) -> list[Any]:
+    """Wait until every snapshot of ``snapshots`` is ``available``."""
+    return [
+        waits.wait_for_status(
+            block_storage, snap, 'available', kind='snapshot', step=step,
+            timeout=timeout, interval=interval,
+        )
+        for snap in snapshots
+    ]
 
 
 def create_temporary_volume(

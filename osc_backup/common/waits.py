@@ -70,6 +70,7 @@ from typing import Any, TypeVar
 
 from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as sdk_exc
+from openstack import utils as sdk_utils
 
 from osc_backup.common import errors
 from osc_backup.common.text import printable
@@ -590,6 +591,52 @@ def wait_for_delete(
             f"Timed out after {int(wait)}s in step '{step}': {kind} "
             f"{res_id} is still there with status '{printable(now)}' "
             f"(raise {option})."
+        ) from None
+
+
+def wait_until(
+    fetch: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    what: str,
+    step: str,
+    timeout: float | Deadline,
+    interval: float | None = DEFAULT_INTERVAL,
+) -> T:
+    """Poll ``fetch()`` until ``done`` holds for what it returns; bounded,
+    with the polling policy and the transient-error tolerance of every
+    wait here. For a condition that is not one status (e.g. a server whose
+    snapshot task has got past the capture of its disk); ``done`` may
+    raise to end the wait with an error.
+
+    :param what: the resource and the condition, for the timeout message.
+    :raises WaitTimeout: the time ran out.
+    """
+    deadline, wait, option = _bound(timeout)
+    if wait <= 0:
+        raise errors.WaitTimeout(
+            f"Timed out before step '{step}': no time left to wait for "
+            f'{what} (raise {option}).'
+        )
+    def window(every: float, seconds: float) -> T:
+        for _ in sdk_utils.iterate_timeout(
+            seconds, f'waiting for {what}', wait=every
+        ):
+            current = fetch()
+            if done(current):
+                return current
+        raise AssertionError('unreachable')  # pragma: no cover
+
+    try:
+        return _polling(
+            window, deadline, interval,
+            f"Step '{step}' failed: lost contact with the cloud while "
+            f'waiting for {what}',
+        )
+    except sdk_exc.ResourceTimeout:
+        raise errors.WaitTimeout(
+            f"Timed out after {int(wait)}s in step '{step}' waiting for "
+            f'{what} (raise {option}).'
         ) from None
 
 

@@ -21,8 +21,13 @@ only thing this module trusts; it touches nothing else:
   image path, and restore target volumes of a restore that did not finish
   (a finished one is renamed);
 * ``osc-backup-tmp-<run>-...`` images of the current project: uploads that
-  never got their record, and Nova root snapshots of a server run that did
-  not finish (a finished one is renamed);
+  never got their record, Nova root snapshots of a server run that did
+  not finish (a finished one is renamed), and the createImage images of
+  volume-booted servers (no data: a ``block_device_mapping`` naming
+  Nova's snapshots);
+* ``snapshot for osc-backup-tmp-<run>-...`` snapshots: those Nova's
+  createImage made of a volume-booted server's volumes for a server run
+  (Nova names them after that image; they carry no metadata of ours);
 * ``osc-backup-key-<run>-...`` Barbican secrets that no image refers to
   (``cinder_encryption_key_id``): keys an image restore stored for an image
   it never finished.
@@ -58,6 +63,8 @@ ROLES = {
     'volume': 'temporary volume',
     'image': 'upload that never got its record',
     'root': 'Nova root snapshot of a server run that did not finish',
+    'nova': "Nova's createImage image of a volume-booted server (no "
+            'data, names the snapshots of a server run)',
     'restore': 'target of a restore that did not finish',
 }
 
@@ -94,6 +101,8 @@ def _tag(name: str | None, kind: str, run_id: str | None) -> str | None:
 
 
 def _role(name: str, run_id: str) -> str:
+    if name.startswith(tags.NOVA_SNAPSHOT_PREFIX):
+        return "snapshot Nova's createImage made for a server run"
     rest = name[len(tags.TEMPORARY_PREFIX) + len(run_id) + 1:]
     role = rest.split('-of-', 1)[0]
     return ROLES.get(role, 'temporary resource')
@@ -115,7 +124,13 @@ def _block_storage(conn: Any, run_id: str | None) -> Iterable[Leftover]:
         ('snapshot', bs.snapshots(details=True)),
     ):
         for res in items:
-            run = _tag(res.name, 'tmp', run_id)
+            name = res.name or ''
+            if kind == 'snapshot' and name.startswith(
+                tags.NOVA_SNAPSHOT_PREFIX
+            ):
+                # Nova's: "snapshot for <our temporary image name>"
+                name = name[len(tags.NOVA_SNAPSHOT_PREFIX):]
+            run = _tag(name, 'tmp', run_id)
             if run is None or not _metadata_agrees(res.metadata, run):
                 continue
             yield Leftover(

@@ -92,12 +92,13 @@ def flavor_name(server: Any) -> str:
 
 def build(
     conn: Any, plan: Plan, run: tags.Run, *, duration: float,
-    directory: str | None = None,
+    directory: str | None = None, skew: float | None = None,
 ) -> dict[str, Any]:
     """The server manifest of a finished run: what a restore needs.
 
     :param directory: the ``--download`` directory; the artifacts' files
         are recorded relative to it.
+    :param skew: seconds between the first and the last disk's capture.
     """
     server = plan.server
     attachments = {a.volume_id: a for a in plan.attachments}
@@ -176,6 +177,8 @@ def build(
             'tags': list(getattr(server, 'tags', None) or []),
         },
         'consistency': plan.consistency,
+        'mode': plan.mode,
+        'skew': skew,
         'disks': disks,
         'notes': plan.notes,
     }
@@ -248,6 +251,8 @@ def _check_artifact(artifact: Any, where: str) -> None:
     backup_id = _get(artifact, 'backup_id', where, str, required=False)
     if not (image_id or backup_id):
         raise _Invalid(f'{where} names neither an image_id nor a backup_id')
+    for key in ('snapshot_id', 'snapshot_created_at'):
+        _get(artifact, key, where, str, type(None), required=False)
     files = _get(artifact, 'files', where, list, required=False) or []
     for i, name in enumerate(files):
         check_name(name, f'{where}.files[{i}]')
@@ -315,6 +320,9 @@ def _validate(manifest: Any) -> None:
         _get(manifest, key, 'manifest', str)
     _get(manifest, 'tool_version', 'manifest', str, required=False)
     _get(manifest, 'duration', 'manifest', int, float, required=False)
+    _get(manifest, 'mode', 'manifest', str, required=False)
+    _get(manifest, 'skew', 'manifest', int, float, type(None),
+         required=False)
     _get(manifest, 'source', 'manifest', dict, required=False)
     notes = _get(manifest, 'notes', 'manifest', list, required=False)
     if any(not isinstance(n, str) for n in notes or []):

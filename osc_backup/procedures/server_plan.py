@@ -24,11 +24,14 @@ What Nova's ``createImage`` (``openstack server image create``) does:
   this cloud's Cinder: nothing of it can be downloaded or restored
   elsewhere.
 
-So a plan uses ``createImage`` for the ephemeral root disk only
-(:mod:`server_root`), and backs up every attached volume with the volume
-procedure (image or Cinder backup path, or the automatic choice), unless
-told not to. :func:`prepare` makes the :class:`Plan` (a bad server, volume
-or option is one :class:`errors.InvalidInput` line, nothing created);
+So a plan uses ``createImage`` for the ephemeral root disk
+(:mod:`server_root`) and, for a server booted from a volume, for the
+snapshots of all its volumes in one call; every attached volume is backed
+up from a snapshot taken together with the other disks
+(:mod:`server_capture`, the :data:`MODES`) by the volume procedure (image
+or Cinder backup path, or the automatic choice), unless told not to.
+:func:`prepare` makes the :class:`Plan` (a bad server, volume or option
+is one :class:`errors.InvalidInput` line, nothing created);
 :mod:`server_backup` runs it. The ``osc_backup_*`` keys that tie an
 artifact to its server are here too (:func:`disk_record`), so that a
 restore can find the artifacts of a server by them.
@@ -70,10 +73,11 @@ SNAPSHOT_STATES = ('ACTIVE', 'SHUTOFF', 'PAUSED', 'SUSPENDED')
 
 NOTE_VOLUME_BACKED = (
     "Server {server} boots from volume {volume}. Nova's createImage "
-    "would only make a Cinder snapshot of each attached volume and an "
+    "only makes a Cinder snapshot of each attached volume and an "
     "image with no data in it (a block_device_mapping naming those "
-    "snapshots), useless outside this cloud's Cinder. osc-backup backs up "
-    "the volumes themselves instead."
+    "snapshots), useless outside this cloud's Cinder. osc-backup uses that "
+    "call to snapshot all the volumes together, backs up each volume from "
+    "its snapshot, then deletes the snapshots and that image."
 )
 NOTE_ROOT_ONLY = (
     "Nova's createImage copies only the root disk of server {server}; its "
@@ -89,10 +93,46 @@ NOTE_EPHEMERAL = (
     "data is NOT backed up."
 )
 NOTE_NOT_TOGETHER = (
-    "Server {server} is {status}: each disk is crash-consistent and they "
-    "are captured one after another, not at one moment. Stop the server "
-    "first ('openstack server stop {server_id}') for a consistent set."
+    "Server {server} is {status}: each disk is crash-consistent, and they "
+    "are captured within seconds of each other (the output's skew), not "
+    "at one moment. --pause gives one crash-consistent point{quiesce}; "
+    "stopping the server first ('openstack server stop {server_id}') a "
+    "consistent set."
 )
+NOTE_QUIESCE_HINT = (
+    ", --quiesce a consistent one (with the QEMU guest agent)"
+)
+
+#: How the disks of a server are captured together (:mod:`server_capture`)
+#: -- the ``mode`` of the output and the manifest:
+#:
+#: * offline: the server is SHUTOFF: nothing writes to its disks.
+#: * quiesced: a volume-booted ACTIVE server, --quiesce: Nova's one
+#:   createImage call snapshots every volume while the guest's file
+#:   systems are frozen (its QEMU guest agent), and fails if they cannot
+#:   be (os_require_quiesce): app-consistent, one point.
+#: * paused: the guest does not run while every disk is captured (--pause,
+#:   or a server that was PAUSED or SUSPENDED already): crash-consistent,
+#:   one point.
+#: * one-call: a volume-booted running server: Nova's one createImage call
+#:   snapshots the volumes one after another, the guest running (frozen
+#:   only if Nova could, which is not required): crash-consistent each.
+#: * concurrent: an image-booted running server: every volume snapshot is
+#:   requested at once, then the root disk image: crash-consistent each.
+MODE_OFFLINE = 'offline'
+MODE_QUIESCED = 'quiesced'
+MODE_PAUSED = 'paused'
+MODE_ONE_CALL = 'one-call'
+MODE_CONCURRENT = 'concurrent'
+MODES = (MODE_OFFLINE, MODE_QUIESCED, MODE_PAUSED, MODE_ONE_CALL,
+         MODE_CONCURRENT)
+
+#: The image properties that make Nova freeze the guest for createImage,
+#: and fail when it cannot: Nova reads them from the boot volume's image
+#: metadata when it creates the server.
+GUEST_AGENT = 'hw_qemu_guest_agent'
+REQUIRE_QUIESCE = 'os_require_quiesce'
+
 
 
 @dataclass
@@ -113,6 +153,10 @@ class Options:
     download: str | None = None
     #: write the server manifest here (default with download: in it)
     manifest: str | None = None
+    #: pause the server while its disks are captured (MODE_PAUSED)
+    pause: bool = False
+    #: require Nova to freeze the guest's file systems (MODE_QUIESCED)
+    quiesce: bool = False
 
 
 @dataclass
@@ -136,6 +180,8 @@ class Plan:
     server: Any
     volume_backed: bool
     consistency: str
+    #: one of MODES
+    mode: str
     disks: list[Disk]
     skipped: list[Disk]
     notes: list[str]
@@ -239,9 +285,12 @@ def volume_opts(
 ) -> tuple[volume_image.Options, volume_backup.Options]:
     """The volume procedures' options for one attached volume."""
     record = disk_record(server, disk)
-    # offline is what the server's state guarantees; crash-consistent is
-    # what the volume's own status says
-    override = consistency if consistency == volumes.OFFLINE else None
+    # offline (the server's state) and app-consistent (Nova's freeze) are
+    # what the mode guarantees; crash-consistent is what the volume's own
+    # status says
+    override = (
+        consistency if consistency != volumes.CRASH_CONSISTENT else None
+    )
     name = None
     if opts.name:
         name = f'{opts.name}-{_device_slug(disk.device)}'
@@ -312,6 +361,71 @@ def server_record(server: Any) -> dict[str, str]:
     return {k: v for k, v in record.items() if len(v) <= MAX_RECORD_VALUE}
 
 
+def truthy(value: Any) -> bool:
+    """Nova's reading of a boolean image property."""
+    return str(value).strip().lower() in ('1', 't', 'true', 'on', 'y', 'yes')
+
+
+def _check_capture_options(
+    opts: Options, label: str, status: str, volume_backed: bool,
+    boot_volume: Any,
+) -> None:
+    """--pause and --quiesce: refused where they cannot do what they
+    promise (one line, before anything is created)."""
+    if opts.pause and opts.quiesce:
+        raise errors.InvalidInput(
+            '--pause and --quiesce cannot be combined: Nova freezes the '
+            'guest only while it runs (a paused guest cannot answer).'
+        )
+    if opts.pause and status != 'ACTIVE':
+        raise errors.InvalidInput(
+            f"--pause: server {label} is '{printable(status)}'; only an "
+            'ACTIVE server can be paused.'
+        )
+    if not opts.quiesce:
+        return
+    if not volume_backed:
+        raise errors.InvalidInput(
+            f'--quiesce: server {label} boots from an image; Nova freezes '
+            'the guest for all its disks only for a server booted from a '
+            'volume. Use --pause for one crash-consistent point.'
+        )
+    if status != 'ACTIVE':
+        raise errors.InvalidInput(
+            f"--quiesce: server {label} is '{printable(status)}'; only the "
+            'guest of an ACTIVE server can be frozen.'
+        )
+    meta = dict(getattr(boot_volume, 'volume_image_metadata', None) or {})
+    missing = [
+        key for key in (GUEST_AGENT, REQUIRE_QUIESCE)
+        if not truthy(meta.get(key))
+    ]
+    if missing:
+        volume = volumes.volume_label(boot_volume)
+        props = ' '.join(f'--image-property {k}=yes' for k in missing)
+        wanted = ' and '.join(f'{k}=yes' for k in missing)
+        raise errors.InvalidInput(
+            f'--quiesce: the boot volume {volume} of server {label} lacks '
+            f'the image property {wanted}, so Nova would not freeze the '
+            "guest's file systems, or not fail when it cannot. Set it "
+            f'(openstack volume set {props} '
+            f'{printable(boot_volume.id)}) before the server is created '
+            '(Nova reads it then), with the QEMU guest agent running in '
+            'the guest.'
+        )
+
+
+def capture_mode(opts: Options, status: str, volume_backed: bool) -> str:
+    """The :data:`MODES` entry of a run (options already checked)."""
+    if status == 'SHUTOFF':
+        return MODE_OFFLINE
+    if opts.quiesce:
+        return MODE_QUIESCED
+    if opts.pause or status in ('PAUSED', 'SUSPENDED'):
+        return MODE_PAUSED
+    return MODE_ONE_CALL if volume_backed else MODE_CONCURRENT
+
+
 def prepare(
     conn: Any, server: Any, opts: Options, run: tags.Run, *,
     probe: bool = True,
@@ -363,18 +477,27 @@ def prepare(
 
     attachments, attached = _attached_volumes(conn, server)
     volume_backed = server_manifest.image_id_of(server) is None
-    consistency = (
-        volumes.OFFLINE if status == 'SHUTOFF' else volumes.CRASH_CONSISTENT
-    )
     notes: list[str] = []
     disks: list[Disk] = []
     root_attachment = _root_volume(server, attachments)
+    if volume_backed and root_attachment is None:
+        raise errors.InvalidInput(
+            f'Server {label} has neither an image nor a volume to '
+            'boot from: there is nothing to back up.'
+        )
+    boot_volume = next(
+        (v for a, v in zip(attachments, attached, strict=True)
+         if a is root_attachment),
+        None,
+    )
+    _check_capture_options(opts, label, status, volume_backed, boot_volume)
+    mode = capture_mode(opts, status, volume_backed)
+    consistency = {
+        MODE_OFFLINE: volumes.OFFLINE,
+        MODE_QUIESCED: volumes.APP_CONSISTENT,
+    }.get(mode, volumes.CRASH_CONSISTENT)
     if volume_backed:
-        if root_attachment is None:
-            raise errors.InvalidInput(
-                f'Server {label} has neither an image nor a volume to '
-                'boot from: there is nothing to back up.'
-            )
+        assert root_attachment is not None
         notes.append(NOTE_VOLUME_BACKED.format(
             server=label, volume=printable(root_attachment.volume_id)
         ))
@@ -421,9 +544,10 @@ def prepare(
             server=label,
             what=what,
         ))
-    if len(disks) > 1 and consistency != volumes.OFFLINE:
+    if len(disks) > 1 and mode in (MODE_ONE_CALL, MODE_CONCURRENT):
         notes.append(NOTE_NOT_TOGETHER.format(
-            server=label, server_id=shlex.quote(server.id), status=status
+            server=label, server_id=shlex.quote(server.id), status=status,
+            quiesce=NOTE_QUIESCE_HINT if volume_backed else '',
         ))
 
     # Decide each volume's method and run its checks now, so that a bad
@@ -464,6 +588,7 @@ def prepare(
         server=server,
         volume_backed=volume_backed,
         consistency=consistency,
+        mode=mode,
         disks=disks,
         skipped=skipped,
         notes=notes,
@@ -476,12 +601,58 @@ def plan_steps(plan: Plan, opts: Options, run: tags.Run) -> list[str]:
     """The steps a real run would take (for --dry-run)."""
     steps = []
     server = plan.server
+    volume_disks = [d for d in plan.disks if d.role == ROLE_VOLUME]
+    if opts.pause:
+        steps.append(
+            f'POST /servers/{server.id}/action pause -> wait PAUSED '
+            '(its unpause is registered: also on failure and Ctrl-C)'
+        )
+    if plan.volume_backed:
+        name = nova_image_name(server, run)
+        freeze = {
+            MODE_QUIESCED: 'the guest frozen, required by '
+                           f'{REQUIRE_QUIESCE}',
+            MODE_ONE_CALL: 'the guest frozen only if Nova can',
+        }.get(plan.mode, 'the guest not running')
+        steps += [
+            f'POST /servers/{server.id}/action createImage name={name}: '
+            'Nova snapshots every attached volume in this one call '
+            f"('{tags.NOVA_SNAPSHOT_PREFIX}{name}'; {freeze})",
+            'GET /v2/images/<image>: the snapshot IDs of its '
+            'block_device_mapping -> DELETE /v2/images/<image> (no data '
+            'in it; Cinder keeps the snapshots) -> wait snapshots '
+            'available',
+        ]
+    elif volume_disks:
+        steps.append(
+            f'POST /snapshots for each of the {len(volume_disks)} '
+            'attached volume(s) at once (concurrent requests), named '
+            f"'{run.temporary_name('snapshot', '<volume>')}'"
+        )
     for disk in plan.disks:
         if disk.role == ROLE_ROOT:
             steps.append(
                 f'POST /servers/{server.id}/action createImage name='
                 f'{root_snapshot_name(server, run)} '
-                f'metadata={tags.PREFIX}* -> wait image active -> PATCH '
+                f'metadata={tags.PREFIX}*'
+            )
+    if not plan.volume_backed and volume_disks:
+        steps.append('wait snapshots available')
+    if opts.pause:
+        if not plan.volume_backed:
+            steps.append(
+                'wait until Nova has captured the root disk (task state '
+                'past image_pending_upload)'
+            )
+        steps.append(
+            f'POST /servers/{server.id}/action unpause (a 409 while Nova '
+            "still holds the server's task state is retried) -> wait "
+            'ACTIVE'
+        )
+    for disk in plan.disks:
+        if disk.role == ROLE_ROOT:
+            steps.append(
+                'wait root disk image active -> PATCH '
                 f'name={root_image_name(server, opts, run)}, inherited '
                 f'{tags.PREFIX}* keys removed'
             )
@@ -494,13 +665,22 @@ def plan_steps(plan: Plan, opts: Options, run: tags.Run) -> list[str]:
         assert disk.choice is not None
         steps.append(
             f'volume {volumes.volume_label(disk.volume)} at '
-            f'{printable(disk.device)}: '
+            f'{printable(disk.device)}, from its snapshot: '
             f"'backup volume create --via-{disk.choice.method}' "
             f'({disk.choice.reason})'
         )
+    if volume_disks:
+        steps.append('DELETE every snapshot of the run -> wait gone')
     if plan.manifest:
         steps.append(f'write server manifest {plan.manifest}')
     return steps
+
+
+def nova_image_name(server: Any, run: tags.Run) -> str:
+    """The name of the createImage image of a volume-booted server: the
+    run's temporary name, so that ``backup cleanup`` finds it and the
+    snapshots Nova names after it."""
+    return run.temporary_name('nova', server.name or server.id)
 
 
 def root_snapshot_name(server: Any, run: tags.Run) -> str:

@@ -17,8 +17,11 @@ into a new image; the request carries the backup's ``osc_backup_*``
 record as the image's metadata. Nova also gives the snapshot the
 properties of the image the server booted from: those of osc-backup's own
 record that are not part of this run's are removed once the image is
-active. The image is deleted when the snapshot fails; once it is active
-it is a complete backup and stays.
+active. The request (:func:`request_root`) is made while the server's
+disks are captured (:mod:`server_capture`); the wait for the image
+(:func:`wait_root`) comes after. The image is deleted when the run fails
+before it is active; once it is active it is a complete backup and
+stays.
 
 Plain module: takes an openstacksdk ``Connection``; no cliff.
 """
@@ -28,16 +31,16 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from openstack import exceptions as sdk_exc
 
 from osc_backup.common import errors
 from osc_backup.common import records
 from osc_backup.common import tags
-from osc_backup.common import volumes
 from osc_backup.common import waits
-from osc_backup.common.cleanup import Cleanup
+from osc_backup.common.cleanup import Cleanup, Undo
 from osc_backup.common.progress import Reporter
 from osc_backup.common.text import printable
 from osc_backup.procedures import secrets
@@ -46,6 +49,8 @@ from osc_backup.procedures import server_plan
 from osc_backup.procedures import volume_image
 
 LOG = logging.getLogger(__name__)
+
+T = TypeVar('T')
 
 #: the method recorded on the root disk image
 METHOD = 'server-image'
@@ -68,15 +73,14 @@ def root_record(
     return metadata
 
 
-def snapshot_root(
+def request_root(
     conn: Any, server: Any, disk: server_plan.Disk,
     opts: server_plan.Options, plan: server_plan.Plan, run: tags.Run,
-    reporter: Reporter, deadline: waits.Deadline,
-) -> dict[str, Any]:
-    """createImage of the ephemeral root disk; wait until active.
-
-    The image is deleted when this fails; the active image returned is a
-    complete backup, which :func:`finish_root` completes.
+    reporter: Reporter, cleanup: Cleanup,
+) -> tuple[str, Undo]:
+    """createImage of the ephemeral root disk; its deletion on failure is
+    registered with ``cleanup`` (:meth:`Cleanup.drop` it once the image is
+    active: :func:`wait_root`). Returns the image ID and that undo.
     """
     label = server_plan.server_label(server)
     name = server_plan.root_image_name(server, opts, run)
@@ -84,37 +88,47 @@ def snapshot_root(
     # finds when the run is killed); finish_root gives it its name
     snapshot_name = server_plan.root_snapshot_name(server, run)
     metadata = root_record(server, disk, opts, plan, run)
-    if plan.consistency == volumes.CRASH_CONSISTENT:
+    if plan.mode == server_plan.MODE_CONCURRENT:
         reporter.warn(
             f'server {label} is {printable(server.status)}: the root disk '
             'image is crash-consistent (like pulling the power cord), '
             'unless the '
             "image asks Nova to quiesce the guest (os_require_quiesce)."
         )
-    cleanup = Cleanup(
-        reporter, keep_temporary=opts.keep_temporary, run_id=run.run_id
-    )
-    with cleanup.guard():
-        reporter.step(f'Nova: createImage of server {label} -> {name}')
-        with cleanup.creating():
-            try:
-                image_id = server.create_image(
-                    conn.compute, snapshot_name, metadata
-                )
-            except sdk_exc.HttpException as exc:
-                raise errors.BackupError(
-                    f'Nova refused to snapshot server {label}: '
-                    f'{exc.details or exc}'
-                ) from exc
-            cleanup.remove_image_on_failure(conn.image, image_id)
-        reporter.step(f'Waiting for image {image_id} to become active')
-        image = waits.wait_for_status(
-            conn.image, conn.image.get_image(image_id), 'active',
-            kind='image', step='Nova snapshot of the root disk',
-            timeout=deadline, interval=opts.interval,
+    reporter.step(f'Nova: createImage of server {label} -> {name}')
+    with cleanup.creating():
+        image_id: str = nova_request(
+            'snapshot', label,
+            lambda: server.create_image(
+                conn.compute, snapshot_name, metadata
+            ),
         )
-        cleanup.outcome = f'image {image_id} is active'
-    return image
+        undo = cleanup.remove_image_on_failure(conn.image, image_id)
+    return image_id, undo
+
+
+def nova_request(what: str, label: str, call: Callable[[], T]) -> T:
+    """``call()``; Nova's refusal as one :class:`errors.BackupError`
+    ('Nova refused to <what> server <label>: <Nova's reason>')."""
+    try:
+        return call()
+    except sdk_exc.HttpException as exc:
+        raise errors.BackupError(
+            f'Nova refused to {what} server {label}: {exc.details or exc}'
+        ) from exc
+
+
+def wait_root(
+    conn: Any, image_id: str, opts: server_plan.Options,
+    deadline: waits.Deadline,
+) -> Any:
+    """Wait until the root disk image is active: a complete backup, which
+    :func:`finish_root` completes."""
+    return waits.wait_for_status(
+        conn.image, conn.image.get_image(image_id), 'active',
+        kind='image', step='Nova snapshot of the root disk',
+        timeout=deadline, interval=opts.interval,
+    )
 
 
 def describe(image: Any, plan: server_plan.Plan) -> dict[str, Any]:

@@ -403,9 +403,14 @@ def preflight(conn: Any, volume: Any, opts: Options) -> str:
 
 
 def _request(
-    conn: Any, volume: Any, opts: Options, run: tags.Run, consistency: str
+    conn: Any, volume: Any, opts: Options, run: tags.Run, consistency: str,
+    snapshot: Any = None,
 ) -> tuple[dict[str, Any], str | None]:
-    """The create attributes, and a notice if --incremental became full."""
+    """The create attributes, and a notice if --incremental became full.
+
+    :param snapshot: back up this snapshot of ``volume`` (Cinder's
+        ``snapshot_id``) rather than the volume as it is now.
+    """
     bs = conn.block_storage
     notice = None
     incremental = opts.incremental
@@ -424,7 +429,9 @@ def _request(
     }
     if opts.description:
         attrs['description'] = opts.description
-    if volume.status == 'in-use':
+    if snapshot is not None:
+        attrs['snapshot_id'] = snapshot.id
+    elif volume.status == 'in-use':
         attrs['force'] = True
     if opts.container:
         attrs['container'] = opts.container
@@ -512,9 +519,14 @@ def backup_volume_via_backup(
     run: tags.Run,
     reporter: Reporter,
     method_reason: str = 'requested with --via-backup',
+    snapshot: Any = None,
 ) -> dict[str, Any]:
     """Back up ``volume`` with the Cinder Backup API.
 
+    :param snapshot: an ``available`` snapshot of ``volume`` the caller
+        took and will delete: Cinder backs up that snapshot
+        (``snapshot_id``; the backup still belongs to ``volume``), and the
+        wait at the end is for the snapshot to be released, not the volume.
     :raises NoBackupService: Cinder has no backup service to take it
         (synchronously on old releases, or the scheduler's rejection).
     """
@@ -523,7 +535,9 @@ def backup_volume_via_backup(
     started = time.monotonic()
     deadline = waits.Deadline(opts.timeout)
     label = volumes.volume_label(volume)
-    attrs, notice = _request(conn, volume, opts, run, consistency)
+    attrs, notice = _request(
+        conn, volume, opts, run, consistency, snapshot=snapshot
+    )
     if consistency == volumes.CRASH_CONSISTENT:
         reporter.warn(CRASH_WARNING.format(volume=label))
     if notice:
@@ -589,10 +603,15 @@ def backup_volume_via_backup(
                     rejected['id'] = backup_id
                     raise _rejection(backup_id) from None
                 raise
-            reporter.step(f'Waiting for volume {label} to be released')
+            # Cinder holds the snapshot it backs up, else the volume
+            held, kind, status = (
+                (snapshot, 'snapshot', 'available') if snapshot is not None
+                else (volume, 'volume', volume.status)
+            )
+            reporter.step(f'Waiting for {kind} {held.id} to be released')
             waits.wait_for_status(
-                bs, volume, volume.status, kind='volume',
-                step='wait for the backed-up volume to be released',
+                bs, held, status, kind=kind,
+                step=f'wait for the backed-up {kind} to be released',
                 timeout=deadline, interval=opts.interval,
             )
         cleanup.outcome = f'backup {backup_id} is {backup.status}'

@@ -106,8 +106,12 @@ def backup_volume(
     *,
     run: tags.Run,
     reporter: Reporter,
+    snapshot: Any = None,
 ) -> dict[str, Any]:
     """Back up ``volume`` by ``choice``; the result of that procedure.
+
+    :param snapshot: back up this snapshot of ``volume``, which the caller
+        took and deletes (see the procedures).
 
     When Cinder rejects a backup that was only tried (a member's automatic
     choice), the image path is taken and ``choice`` is updated to say so,
@@ -117,7 +121,7 @@ def backup_volume(
         try:
             return volume_backup.backup_volume_via_backup(
                 conn, volume, backup_opts, run=run, reporter=reporter,
-                method_reason=choice.reason,
+                method_reason=choice.reason, snapshot=snapshot,
             )
         except volume_backup.NoBackupService as exc:
             if choice.confirmed or choice.explicit or choice.backup_only:
@@ -137,5 +141,5 @@ def backup_volume(
             choice.confirmed = True
     return volume_image.backup_volume_via_image(
         conn, volume, image_opts, run=run, reporter=reporter,
-        method_reason=choice.reason,
+        method_reason=choice.reason, snapshot=snapshot,
     )

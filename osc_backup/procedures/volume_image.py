@@ -444,9 +444,15 @@ def backup_volume_via_image(
     run: tags.Run,
     reporter: Reporter,
     method_reason: str = 'requested with --via-image',
+    snapshot: Any = None,
 ) -> dict[str, Any]:
     """Back up ``volume`` to a Glance image. See the module docstring.
 
+    :param snapshot: an ``available`` snapshot of ``volume`` the caller
+        took (e.g. Nova, for all the disks of a server at once) and whose
+        deletion the caller has registered: the image is made from a
+        temporary volume of it, whatever the volume's status. Its deletion
+        is requested once that volume exists, as for our own snapshot.
     :raises RecordNotWritten: the image is complete and kept, but its
         record could not be written.
     """
@@ -473,12 +479,14 @@ def backup_volume_via_image(
         reporter, keep_temporary=opts.keep_temporary, run_id=run.run_id
     )
     with cleanup.guard():
-        if volume.status == 'in-use':
-            reporter.step(f'Creating temporary snapshot of {label}')
-            snap = volumes.create_temporary_snapshot(
-                bs, volume, run=run, cleanup=cleanup, timeout=deadline,
-                interval=opts.interval,
-            )
+        if snapshot is not None or volume.status == 'in-use':
+            snap = snapshot
+            if snap is None:
+                reporter.step(f'Creating temporary snapshot of {label}')
+                snap = volumes.create_temporary_snapshot(
+                    bs, volume, run=run, cleanup=cleanup, timeout=deadline,
+                    interval=opts.interval,
+                )
             reporter.step(f'Creating temporary volume from snapshot {snap.id}')
             upload_from = volumes.create_temporary_volume(
                 bs, snap, volume, run=run, cleanup=cleanup, timeout=deadline,

@@ -32,6 +32,8 @@ COLUMNS = (
     'server_status',
     'volume_backed',
     'consistency',
+    'mode',
+    'skew',
     'artifacts',
     'skipped_volumes',
     'method_reason',
@@ -49,6 +51,7 @@ DRY_RUN_COLUMNS = (
     'server_status',
     'volume_backed',
     'consistency',
+    'mode',
     'notes',
     'steps',
 )
@@ -63,13 +66,21 @@ class CreateServerBackup(command.ShowOne):
         "swap); for a server booted from a volume it makes a Cinder "
         "snapshot of each volume and an image with no data in it, which "
         "cannot leave the cloud.\n\n"
-        "This command therefore uses createImage for the root disk of "
-        "image-booted servers only, and backs up each attached volume with "
-        "'backup volume create' (--via-image, --via-backup, or the "
-        "automatic choice), unless --no-volumes. The output lists every "
-        "artifact with its consistency: 'offline' for a SHUTOFF server, "
-        "else 'crash-consistent' per disk, the disks taken one after "
-        "another. Each artifact records the server, device and boot index "
+        "This command first captures every disk together: for a server "
+        "booted from a volume with one createImage call (Nova snapshots "
+        "all its volumes in it, freezing the guest where it can; the "
+        "image is deleted once the snapshot IDs are read), for an "
+        "image-booted one with a snapshot of every volume requested at "
+        "once, then createImage of the root disk; --pause pauses the "
+        "server meanwhile. Then it backs up each attached volume from its "
+        "snapshot with 'backup volume create' (--via-image, --via-backup, "
+        "or the automatic choice), unless --no-volumes, and deletes the "
+        "snapshots. The output lists every artifact with its consistency "
+        "('offline' for a SHUTOFF server, 'app-consistent' with "
+        "--quiesce, else 'crash-consistent'), the snapshot it was made "
+        "from and when that was taken; 'mode' says how the disks were "
+        "captured together and 'skew' the seconds between the first and "
+        "the last. Each artifact records the server, device and boot index "
         "(osc_backup_* properties or backup metadata); a server manifest "
         "(--manifest, or in the --download directory) records flavor, "
         "image, key pair, networks, security groups and every disk's "
@@ -91,6 +102,30 @@ class CreateServerBackup(command.ShowOne):
                 'Back up the attached volumes with the Cinder Backup API. '
                 'Default: --via-backup when the cloud has a working backup '
                 'service, else --via-image (see backup volume create)'
+            ),
+        )
+        together = parser.add_mutually_exclusive_group()
+        together.add_argument(
+            '--pause',
+            action='store_true',
+            help=_(
+                'Pause the server (ACTIVE only) while its disks are '
+                'captured, and unpause it then (also on failure and '
+                'Ctrl-C): one crash-consistent point for all disks. Nova '
+                "refuses the unpause while its snapshot task runs: for an "
+                'image-booted server the pause lasts until the root disk '
+                'image is uploaded'
+            ),
+        )
+        together.add_argument(
+            '--quiesce',
+            action='store_true',
+            help=_(
+                "Require Nova to freeze the guest's file systems while it "
+                'snapshots the volumes (a volume-booted ACTIVE server whose '
+                'boot volume has the image properties hw_qemu_guest_agent='
+                'yes and os_require_quiesce=yes, with the QEMU guest agent '
+                'running): the result is app-consistent; refused otherwise'
             ),
         )
         parser.add_argument(
@@ -166,9 +201,10 @@ class CreateServerBackup(command.ShowOne):
             '--keep-temporary',
             action='store_true',
             help=_(
-                'Image path only: keep the temporary snapshots and volumes '
-                'of in-use volumes (for debugging); the commands that remove '
-                'them are printed'
+                'Keep the temporary snapshots (those of the capture, '
+                "Nova's included) and the temporary volumes of the image "
+                'path (for debugging); the commands that remove them are '
+                'printed'
             ),
         )
         parser.add_argument(
@@ -201,6 +237,8 @@ class CreateServerBackup(command.ShowOne):
             keep_temporary=parsed_args.keep_temporary,
             download=parsed_args.download,
             manifest=parsed_args.manifest,
+            pause=parsed_args.pause,
+            quiesce=parsed_args.quiesce,
         )
         run = tags.Run()
         server = server_plan.find_server(conn, parsed_args.server)
@@ -215,6 +253,7 @@ class CreateServerBackup(command.ShowOne):
                 'server_status': server.status,
                 'volume_backed': plan.volume_backed,
                 'consistency': plan.consistency,
+                'mode': plan.mode,
                 'notes': format_columns.ListColumn(plan.notes),
                 'steps': format_columns.ListColumn(
                     server_plan.plan_steps(plan, opts, run)

@@ -12,7 +12,16 @@ image-backed instance, ``<minicloud_disk_dir>/<instance uuid>.disk``:
   updates IMAGE_PENDING_UPLOAD then IMAGE_UPLOADING, and the upload of the
   file's current bytes to the snapshot image, with disk_format and
   container_format taken from the instance's source image;
-* destroy (with destroy_disks) removes the file.
+* destroy (with destroy_disks) removes the file;
+* quiesce and unquiesce do what the libvirt driver checks before it asks
+  the guest agent to freeze or thaw the file systems: without the image
+  property ``hw_qemu_guest_agent`` (as Nova saw it when the server was
+  created) they raise ``QemuGuestAgentNotEnabled``; otherwise each call is
+  appended to ``<data dir>/nova-quiesce.log`` (the data dir is the parent
+  of ``minicloud_disk_dir``) as ``<UTC time> quiesce|unquiesce <instance
+  uuid>``, so that a test can see that the freeze happened
+  (``tools/minicloud quiesce-log``).  FakeDriver's own are no-ops that
+  always succeed: Nova would take every server for frozen.
 
 Volume-backed instances have no file: Nova's API snapshots their volumes
 through Cinder and never calls the driver.  Volume attach and detach are
@@ -31,6 +40,7 @@ import os
 
 from oslo_config import cfg
 from oslo_log import log as logging
+from oslo_utils import timeutils
 
 from nova.compute import power_state
 from nova.compute import task_states
@@ -41,6 +51,9 @@ from nova.virt import fake
 from nova.virt import node
 
 LOG = logging.getLogger(__name__)
+
+#: file name, in the data dir, of the record of quiesce/unquiesce calls
+QUIESCE_LOG = 'nova-quiesce.log'
 
 CONF = cfg.CONF
 CONF.register_opts([
@@ -60,6 +73,12 @@ class DiskFakeDriver(fake.FakeDriver):
 
     def disk_path(self, instance):
         return os.path.join(CONF.minicloud_disk_dir, instance.uuid + '.disk')
+
+    @staticmethod
+    def quiesce_log():
+        """Where quiesce and unquiesce calls are recorded."""
+        return os.path.join(os.path.dirname(CONF.minicloud_disk_dir),
+                            QUIESCE_LOG)
 
     def init_host(self, host):
         super().init_host(host)
@@ -171,3 +190,27 @@ class DiskFakeDriver(fake.FakeDriver):
                  os.path.getsize(path), image_id, instance=instance)
         with open(path, 'rb') as f:
             self._image_api.update(context, image_id, metadata, f)
+
+    # ---- quiesce (libvirt's checks; the freeze is recorded) -------------
+    def _set_quiesced(self, instance, image_meta, quiesced):
+        # libvirt: _can_quiesce (virt_type kvm/qemu is implied here)
+        if not image_meta.properties.get('hw_qemu_guest_agent', False):
+            raise exception.QemuGuestAgentNotEnabled()
+        self._adopt(instance)
+        what = 'quiesce' if quiesced else 'unquiesce'
+        LOG.info('%s (recorded in %s)', what, self.quiesce_log(),
+                 instance=instance)
+        line = '%s %s %s\n' % (timeutils.utcnow().isoformat(), what,
+                               instance.uuid)
+        fd = os.open(self.quiesce_log(),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with os.fdopen(fd, 'a') as f:
+            f.write(line)
+
+    def quiesce(self, context, instance, image_meta):
+        """Freeze the guest file systems (recorded, see the docstring)."""
+        self._set_quiesced(instance, image_meta, True)
+
+    def unquiesce(self, context, instance, image_meta):
+        """Thaw the guest file systems (recorded, see the docstring)."""
+        self._set_quiesced(instance, image_meta, False)

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from unittest import mock
 
 from keystoneauth1 import exceptions as ksa_exc
@@ -78,13 +79,16 @@ class ServerTestCase(base.TestCase):
         patcher.start()
         self.addCleanup(patcher.stop)
         self.volumes = {}
-        # the temporaries of the in-use volume path
-        self.snap = fakes.snapshot(status='creating')
+        # every snapshot Cinder made, by ID (the capture's, Nova's)
+        self.snaps = {}
+        self.snaps_lock = threading.Lock()
+        fakes.cinder_makes_snapshots(self.bs, None)
+        self.bs.post.side_effect = self._post_snapshot
+        self.bs.get_snapshot.side_effect = lambda sid: self.snaps[sid]
+        # the temporary volume of the image path
         self.tmp_vol = fakes.volume(status='creating', name='tmp')
-        fakes.cinder_makes_snapshots(self.bs, self.snap)
         self.bs.create_volume.return_value = self.tmp_vol
         self.volumes[self.tmp_vol.id] = self.tmp_vol
-        self.bs.get_snapshot.return_value = self.snap
         self.bs.get_volume.side_effect = lambda vid: self.volumes[vid]
         # the services API answers: no backup service -> image path
         self.bs.services.return_value = []
@@ -94,7 +98,7 @@ class ServerTestCase(base.TestCase):
             id=self.root_image.id, status='active', name='root'
         )
         self.vol_image = fakes.image(status='active', name='vol')
-        images = {
+        self.images = images = {
             self.root_image.id: self.root_image,
             self.vol_image.id: self.vol_image,
         }
@@ -118,6 +122,44 @@ class ServerTestCase(base.TestCase):
     def _bs_wait(self, res, status, **kwargs):
         res.status = status
         return res
+
+    def _post_snapshot(self, url, json=None, **kwargs):
+        """Cinder's POST /snapshots: a snapshot of the volume asked for."""
+        assert url == '/snapshots', url
+        snap = self.make_snapshot(json['snapshot']['volume_id'],
+                                  name=json['snapshot']['name'])
+        return fakes.response(202, {'snapshot': snap.to_dict()})
+
+    def make_snapshot(self, volume_id, **attrs):
+        # the capture requests snapshots from several threads at once
+        with self.snaps_lock:
+            n = len(self.snaps)
+            self.snaps[n] = None
+        snap = fakes.snapshot(**{
+            'status': 'creating', 'volume_id': volume_id,
+            'created_at': f'2026-12-03T07:00:0{n}.500000', **attrs,
+        })
+        with self.snaps_lock:
+            del self.snaps[n]
+            self.snaps[snap.id] = snap
+        return snap
+
+    def nova_makes_snapshots(self, *vols):
+        """createImage of a volume-booted server: Nova's snapshots of
+        ``vols`` and an image naming them; returns that image."""
+        snaps = [
+            self.make_snapshot(v.id, name='snapshot for x')
+            for v in vols
+        ]
+        mapping = [{'snapshot_id': s.id, 'source_type': 'snapshot'}
+                   for s in snaps]
+        nova_image = fakes.image(
+            status='active', size=0,
+            properties={'block_device_mapping': json.dumps(mapping)},
+        )
+        self.images[nova_image.id] = nova_image
+        self.create_image.return_value = nova_image.id
+        return nova_image
 
     def volume_record(self):
         """The record the volume path wrote onto the volume's image."""
@@ -335,8 +377,29 @@ class TestPrepare(ServerTestCase):
         opts = server_plan.Options()
         plan = self.prepare(server())
         steps = server_plan.plan_steps(plan, opts, self.run_ctx)
-        self.assertIn('createImage', steps[0])
-        self.assertIn("--via-image", steps[1])
+        self.assertIn('POST /snapshots for each of the 1', steps[0])
+        self.assertIn('createImage', steps[1])
+        self.assertIn('wait snapshots available', steps[2])
+        self.assertIn('wait root disk image active', steps[3])
+        self.assertIn('from its snapshot', steps[4])
+        self.assertIn("--via-image", steps[4])
+        self.assertIn('DELETE every snapshot', steps[5])
+        self.assert_nothing_created()
+
+    def test_dry_run_steps_pause_and_volume_backed(self):
+        self.attach('/dev/vda')
+        opts = server_plan.Options(pause=True)
+        plan = self.prepare(server(image={}), pause=True)
+        steps = server_plan.plan_steps(plan, opts, self.run_ctx)
+        self.assertIn('pause', steps[0])
+        self.assertIn(
+            'createImage name=osc-backup-tmp-0123456789ab-nova-of-web',
+            steps[1],
+        )
+        self.assertIn("'snapshot for osc-backup-tmp-0123456789ab-nova-of-web",
+                      steps[1])
+        self.assertIn('block_device_mapping', steps[2])
+        self.assertIn('unpause', steps[3])
         self.assert_nothing_created()
 
 
@@ -429,7 +492,7 @@ class TestBackupServer(ServerTestCase):
 
     def test_failed_volume_keeps_and_names_the_root_image(self):
         self.attach('/dev/vdb')
-        self.bs.post.side_effect = sdk_exc.HttpException(
+        self.bs.upload_volume_to_image.side_effect = sdk_exc.HttpException(
             'over quota'
         )
         err = self.assertRaises(
@@ -441,8 +504,8 @@ class TestBackupServer(ServerTestCase):
 
     def test_volume_backed_backs_up_volumes_only(self):
         root = self.attach('/dev/vda', is_bootable=True)
+        self.nova_makes_snapshots(root)
         result = self.run_backup(server(image={}))
-        self.create_image.assert_not_called()
         self.assertTrue(result['volume_backed'])
         self.assertEqual(
             [('volume', root.id, 0)],
@@ -465,7 +528,9 @@ class TestBackupServer(ServerTestCase):
 
     def test_interrupt_names_what_is_kept(self):
         self.attach('/dev/vdb')
-        self.bs.post.side_effect = errors.Interrupted('SIGINT')
+        self.bs.upload_volume_to_image.side_effect = errors.Interrupted(
+            'SIGINT'
+        )
         self.assertRaises(KeyboardInterrupt, self.run_backup, server())
         self.assertIn(self.root_image.id, self.err.getvalue())
         self.assertIn('kept (complete)', self.err.getvalue())
@@ -651,7 +716,7 @@ class TestRootRecord(ServerTestCase):
         )
         self.image_proxy.delete_image.assert_not_called()
         # a failing disk ends the run, as for any disk
-        self.bs.post.assert_not_called()
+        self.bs.upload_volume_to_image.assert_not_called()
 
     def test_refused_clean_up_keeps_the_image(self):
         self.image_proxy.patch.return_value = mock.Mock(

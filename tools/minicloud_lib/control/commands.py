@@ -1,5 +1,5 @@
 """The subcommands of tools/minicloud (up, down, status, stop, start, env,
-ports, attach, detach, volume-path, server-disk) and main(), which
+ports, attach, detach, volume-path, server-disk, quiesce-log) and main(), which
 dispatches to them, turns errors into one `minicloud: error: ...` line
 and an exit status.
 """
@@ -16,7 +16,8 @@ from minicloud_lib.control.block_storage import (
     cinder_types, cmd_attach, cmd_detach, cmd_volume_path)
 from minicloud_lib.control.common import CLOUDS_YAML, STATE, Error, done, log
 from minicloud_lib.control.compute import (
-    cmd_server_disk, nova_discover_hosts, nova_flavors, nova_host_ready)
+    cmd_quiesce_log, cmd_server_disk, nova_discover_hosts, nova_flavors,
+    nova_host_ready)
 from minicloud_lib.control.identity import (
     keystone_resources, keystone_setup, write_clouds_yaml)
 from minicloud_lib.control.infrastructure import (
@@ -152,6 +153,7 @@ COMMANDS = {
     'stop': cmd_stop, 'start': cmd_start, 'env': cmd_env, 'ports': cmd_ports,
     'attach': cmd_attach, 'detach': cmd_detach,
     'volume-path': cmd_volume_path, 'server-disk': cmd_server_disk,
+    'quiesce-log': cmd_quiesce_log,
 }
 
 

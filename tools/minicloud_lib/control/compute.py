@@ -3,7 +3,8 @@ and nova-compute with the fake virt driver of ../novadriver.py that keeps
 one real root disk file per image-backed server), Placement (port 8778)
 and the neutron stub (port 9696, ../wsgi_neutron_stub.py: NOT Neutron);
 their configuration, database schemas and cells, the compute host's
-registration, the public flavors, and the server-disk command.
+registration, the public flavors, and the server-disk and quiesce-log
+commands.
 """
 
 import os
@@ -25,6 +26,9 @@ from minicloud_lib.control.processes import Service, gunicorn, http_ok
 NOVA_GRACE = 60
 NOVA_CONF = os.path.join(ETC, 'nova', 'nova.conf')
 NOVA_DISKS = os.path.join(DATA, 'nova-disks')
+#: quiesce/unquiesce calls of the fake driver (novadriver.QUIESCE_LOG in
+#: the parent of NOVA_DISKS)
+QUIESCE_LOG = os.path.join(DATA, 'nova-quiesce.log')
 
 
 def nova_cmd(binary):
@@ -192,9 +196,8 @@ def nova_discover_hosts(timeout=120):
         run(nova_manage('cell_v2', 'discover_hosts'))
 
 
-def cmd_server_disk(args):
-    """The fake root disk file of an image-backed server (novadriver)."""
-    c, ref = cloud_and_ref(args, 'SERVER')
+def _find_server(c, ref):
+    """A server by ID or exact name, as the cloud c shows it."""
     base = c.endpoint('compute')
     srv = c.request('GET', base + '/servers/' + urllib.request.quote(ref),
                     ok=(200, 404))
@@ -209,9 +212,30 @@ def cmd_server_disk(args):
         if len(found) != 1:
             raise Error('%d servers match %r' % (len(found), ref))
         srv = found[0]
+    return srv
+
+
+def cmd_server_disk(args):
+    """The fake root disk file of an image-backed server (novadriver)."""
+    srv = _find_server(*cloud_and_ref(args, 'SERVER'))
     path = os.path.join(NOVA_DISKS, srv['id'] + '.disk')
     if not os.path.exists(path):
         raise Error('no disk file for server %s (status %s; a volume-backed '
                     'server has none)' % (srv['id'], srv['status']))
     print(path)
+    return 0
+
+
+def cmd_quiesce_log(args):
+    """The quiesce/unquiesce calls the fake driver recorded for a server
+    (``<UTC time> quiesce|unquiesce <server id>``, oldest first)."""
+    srv = _find_server(*cloud_and_ref(args, 'SERVER'))
+    try:
+        with open(QUIESCE_LOG) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        if line.split()[-1:] == [srv['id']]:
+            print(line)
     return 0
