@@ -19,7 +19,8 @@ named with the tool's prefix and the run ID (the run tag):
   while the run is going, or that the run renames once it is complete
   (temporary snapshots and volumes; images while they are uploaded and
   until their record is written; Nova root snapshots until they are
-  active; restore target volumes until the restore is done);
+  active; restore target volumes, and the server, volumes and images of
+  a server restore, until the restore is done);
 * ``osc-backup-key-<run>-of-<image>``: a Barbican secret the run stored
   for an image it restores (Barbican names cannot change; the secret is
   a leftover only while no image refers to it).
@@ -46,6 +47,10 @@ PREFIX = records.PREFIX
 #: Name prefixes (see the module docstring).
 TEMPORARY_PREFIX = f'{TOOL}-tmp-'
 KEY_PREFIX = f'{TOOL}-key-'
+
+#: The role in the temporary name of what a restore creates (a target
+#: volume, a server) until the restore is complete.
+RESTORE_ROLE = 'restore'
 
 #: A run ID: 12 lower-case hex digits.
 RUN_ID_PATTERN = r'[0-9a-f]{12}'
@@ -90,7 +95,11 @@ class Run:
 
     def temporary_name(self, role: str, source: str) -> str:
         """e.g. ``osc-backup-tmp-3f2a9c1b7d4e-snapshot-of-db-data``."""
-        return f'{TEMPORARY_PREFIX}{self.run_id}-{role}-of-{_slug(source)}'
+        return f'{self.temporary_prefix(role)}{_slug(source)}'
+
+    def temporary_prefix(self, role: str) -> str:
+        """How every temporary name of ``role`` of this run starts."""
+        return f'{TEMPORARY_PREFIX}{self.run_id}-{role}-of-'
 
     def key_name(self, image: str) -> str:
         """The name of a secret stored for an image this run restores."""
