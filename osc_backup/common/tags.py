@@ -19,7 +19,8 @@ named with the tool's prefix and the run ID (the run tag):
   while the run is going, or that the run renames once it is complete
   (temporary snapshots and volumes; images while they are uploaded and
   until their record is written; Nova root snapshots until they are
-  active; restore target volumes until the restore is done);
+  active; restore target volumes, and the server, volumes and images of
+  a server restore, until the restore is done);
 * ``snapshot for osc-backup-tmp-<run>-nova-of-<server>``: the Cinder
   snapshots Nova's createImage makes of a volume-booted server's volumes
   (Nova names them after the image, which has the run's temporary name);
@@ -52,6 +53,10 @@ KEY_PREFIX = f'{TOOL}-key-'
 
 #: Nova names the snapshots of a createImage "snapshot for <image name>"
 NOVA_SNAPSHOT_PREFIX = 'snapshot for '
+
+#: The role in the temporary name of what a restore creates (a target
+#: volume, a server) until the restore is complete.
+RESTORE_ROLE = 'restore'
 
 #: A run ID: 12 lower-case hex digits.
 RUN_ID_PATTERN = r'[0-9a-f]{12}'
@@ -96,7 +101,11 @@ class Run:
 
     def temporary_name(self, role: str, source: str) -> str:
         """e.g. ``osc-backup-tmp-3f2a9c1b7d4e-snapshot-of-db-data``."""
-        return f'{TEMPORARY_PREFIX}{self.run_id}-{role}-of-{_slug(source)}'
+        return f'{self.temporary_prefix(role)}{_slug(source)}'
+
+    def temporary_prefix(self, role: str) -> str:
+        """How every temporary name of ``role`` of this run starts."""
+        return f'{TEMPORARY_PREFIX}{self.run_id}-{role}-of-'
 
     def key_name(self, image: str) -> str:
         """The name of a secret stored for an image this run restores."""

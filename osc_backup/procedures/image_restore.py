@@ -88,6 +88,10 @@ class RestoredImage:
     #: new ID (the recorded one is ``previous_encryption_key_id``)
     encryption_key_id: str | None = None
     previous_encryption_key_id: str | None = None
+    #: the name it gets (``restore_image(rename=False)``: not yet given)
+    final_name: str = ''
+    #: the recorded image was protected (so is this one, once finished)
+    protect: bool = False
 
 
 def create_body(
@@ -178,6 +182,7 @@ def restore_image(
     interval: float | None = waits.DEFAULT_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
     run: tags.Run | None = None,
+    rename: bool = True,
 ) -> RestoredImage:
     """Upload a backup set to Glance and check that Glance agrees.
 
@@ -194,7 +199,9 @@ def restore_image(
     command stored) is deleted.
     The image is uploaded under the run's temporary name and renamed once
     verified, and a key stored for it is named with the run tag, so that
-    ``backup cleanup`` finds what a killed run left.
+    ``backup cleanup`` finds what a killed run left. With ``rename=False``
+    it keeps that name (and is not protected yet) until the caller, whose
+    run is complete, passes the result to :func:`finish_image`.
     """
     reporter = reporter or NullReporter()
     started = clock()
@@ -263,9 +270,9 @@ def restore_image(
             interval=interval,
         )
         verified = _verify_glance(image, manifest)
-        image = conn.image.update_image(image.id, name=final_name)
-        if image_rec.get('protected'):
-            image = conn.image.update_image(image, is_protected=True)
+        protect = bool(image_rec.get('protected'))
+        if rename:
+            image = _finish(conn, image.id, final_name, protect)
         cleanup.outcome = f'image {image_id} is active'
     return RestoredImage(
         image_id=image.id,
@@ -283,7 +290,22 @@ def restore_image(
         duration=round(clock() - started, 1),
         encryption_key_id=new_key_id,
         previous_encryption_key_id=key.old_id if key else None,
+        final_name=final_name,
+        protect=protect,
     )
+
+
+def _finish(conn: Any, image_id: str, name: str, protect: bool) -> Any:
+    image = conn.image.update_image(image_id, name=name)
+    if protect:
+        image = conn.image.update_image(image, is_protected=True)
+    return image
+
+
+def finish_image(conn: Any, made: RestoredImage) -> Any:
+    """An image restored with ``rename=False``: its final name, and its
+    protection, once the run that uses it is complete."""
+    return _finish(conn, made.image_id, made.final_name, made.protect)
 
 
 @dataclass

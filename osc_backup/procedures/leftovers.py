@@ -30,7 +30,13 @@ only thing this module trusts; it touches nothing else:
   (Nova names them after that image; they carry no metadata of ours);
 * ``osc-backup-key-<run>-...`` Barbican secrets that no image refers to
   (``cinder_encryption_key_id``): keys an image restore stored for an image
-  it never finished.
+  it never finished;
+* ``osc-backup-tmp-<run>-restore-of-...`` servers of a ``backup server
+  restore`` that did not finish (a finished one is renamed), only with
+  the metadata that restore gave them (the tool, that run, the restore
+  mark): see :func:`unfinished_restore`. With such a server go the volumes
+  and the root disk image of that restore that already had their final
+  names (the restore renames them just before the server).
 
 Volumes and snapshots also carry osc-backup's metadata; one whose metadata
 names another run or another tool is not touched.
@@ -43,6 +49,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from openstack import exceptions as sdk_exc
+
 from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common import volumes
@@ -50,12 +58,14 @@ from osc_backup.common import waits
 from osc_backup.common.cleanup import shell_command
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import secrets
+from osc_backup.procedures import server_restore
 
 LOG = logging.getLogger(__name__)
 
-#: removal order: images (an image may take its key copy with it), volumes
+#: removal order: servers (their volumes and images are free once they
+#: are gone), images (an image may take its key copy with it), volumes
 #: (they may come from the snapshots), snapshots, secrets
-KINDS = ('image', 'volume', 'snapshot', 'secret')
+KINDS = ('server', 'image', 'volume', 'snapshot', 'secret')
 
 #: what a temporary name's role says the resource was
 ROLES = {
@@ -175,6 +185,82 @@ def _secrets(conn: Any, images: list[Any], run_id: str | None
         )
 
 
+def _restored_by(record: dict[str, Any] | None, run_id: str) -> bool:
+    """Metadata (or image properties) a restore of run ``run_id`` gave."""
+    md = record or {}
+    return (
+        md.get(records.TOOL) == tags.TOOL
+        and md.get(records.RUN_ID) == run_id
+        and bool(md.get(records.RESTORED_FROM))
+    )
+
+
+def unfinished_restore(name: str | None, metadata: Any) -> str | None:
+    """The run ID of a server ``backup server restore`` created and did
+    not finish: its temporary name ``osc-backup-tmp-<run>-restore-of-...``
+    *and* the metadata that restore gave it (the tool, that run, the
+    restore mark). None for any other server: a user's server with a
+    look-alike name lacks the metadata, a finished restore has its final
+    name."""
+    run = _tag(name, 'tmp', None)
+    if run is None or not str(name).startswith(
+        tags.Run(run_id=run).temporary_prefix(tags.RESTORE_ROLE)
+    ):
+        return None
+    return run if _restored_by(dict(metadata or {}), run) else None
+
+
+def _servers(
+    conn: Any, project: str | None, run_id: str | None
+) -> Iterable[Leftover]:
+    """Servers of restores that did not finish, and what of theirs had
+    its final name already."""
+    for server in conn.compute.servers(details=True):
+        run = unfinished_restore(server.name, server.metadata)
+        if run is None or run_id not in (None, run):
+            continue
+        yield Leftover(
+            kind='server', id=server.id, name=server.name,
+            status=server.status, run_id=run, created_at=server.created_at,
+            what='server of a restore that did not finish',
+        )
+        yield from _renamed_parts(conn, server, project, run)
+
+
+def _renamed_parts(
+    conn: Any, server: Any, project: str | None, run: str
+) -> Iterable[Leftover]:
+    what = 'renamed already by a server restore that did not finish'
+    for attached in server.attached_volumes or []:
+        try:
+            vol = conn.block_storage.get_volume(attached['id'])
+        except sdk_exc.NotFoundException:
+            continue
+        if tags.tagged_name(vol.name) is None and _restored_by(
+            vol.metadata, run
+        ):
+            yield Leftover(
+                kind='volume', id=vol.id, name=vol.name, status=vol.status,
+                run_id=run, created_at=vol.created_at, what=what,
+            )
+    image_id = (server.image or {}).get('id')
+    if not image_id:
+        return
+    try:
+        image = conn.image.get_image(image_id)
+    except sdk_exc.NotFoundException:
+        return
+    if (
+        tags.tagged_name(image.name) is None
+        and not (project and image.owner != project)
+        and _restored_by(dict(image.properties or {}), run)
+    ):
+        yield Leftover(
+            kind='image', id=image.id, name=image.name, status=image.status,
+            run_id=run, created_at=image.created_at, what=what,
+        )
+
+
 def find_leftovers(
     conn: Any, run_id: str | None = None, reporter: Reporter | None = None
 ) -> list[Leftover]:
@@ -185,6 +271,10 @@ def find_leftovers(
     skipped with a warning.
     """
     found: list[Leftover] = []
+    try:
+        found += _servers(conn, conn.current_project_id, run_id)
+    except Exception as exc:
+        _skipped(reporter, 'servers (Nova)', exc)
     images: list[Any] = []
     try:
         images = list(conn.image.images())
@@ -192,8 +282,12 @@ def find_leftovers(
         _skipped(reporter, 'images', exc)
     found += _images(images, conn.current_project_id, run_id)
     found += _block_storage(conn, run_id)
+    # a key only images removed here refer to goes with them
+    removed = {lo.id for lo in found if lo.kind == 'image'}
     try:
-        found += _secrets(conn, images, run_id)
+        found += _secrets(
+            conn, [i for i in images if i.id not in removed], run_id
+        )
     except Exception as exc:
         _skipped(reporter, 'secrets (Barbican)', exc)
     found.sort(key=lambda lo: KINDS.index(lo.kind))
@@ -238,7 +332,9 @@ def remove_leftovers(
 
 
 def _remove(conn: Any, lo: Leftover, interval: float | None) -> None:
-    if lo.kind == 'volume':
+    if lo.kind == 'server':
+        server_restore.delete_server(conn.compute, lo.id, interval=interval)
+    elif lo.kind == 'volume':
         volumes.delete_volume(
             conn.block_storage, lo.id,
             step='delete leftover volume', interval=interval,

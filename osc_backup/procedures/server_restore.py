@@ -35,7 +35,18 @@ volumes, the uploaded images and the keys stored for them (or names what
 is left and how to remove it). Images uploaded only to create volumes are
 removed on success too; the root disk image a server boots from stays.
 
-The new server carries ``osc_backup_restored_from=run:<run ID>``.
+A restore that is killed cannot run that stack, so everything it creates
+has its run's temporary name (``osc-backup-tmp-<run>-...``, see
+:mod:`osc_backup.common.tags`) until the server is ``ACTIVE`` with every
+volume attached: the server is created as
+``osc-backup-tmp-<run>-restore-of-<name>``. Then the volumes, the uploaded
+root disk image and, last, the server get their final names: a server
+with its final name is a finished restore, and ``backup cleanup`` (see
+:mod:`leftovers`) finds everything else. Where Nova takes a hostname at
+creation (compute API 2.90), the server gets the one its final name gives.
+
+The new server carries ``osc_backup_restored_from=run:<run ID>`` (and the
+tool's name and the restore's run ID).
 
 Plain module: takes an openstacksdk ``Connection``; no cliff.
 """
@@ -73,6 +84,9 @@ IMAGE = volume_restore.IMAGE
 BACKUP = volume_restore.BACKUP
 ROLE_ROOT = server_manifest.ROLE_ROOT
 ROLE_VOLUME = server_manifest.ROLE_VOLUME
+
+#: the compute API version from which Nova takes a server's hostname
+MV_HOSTNAME = '2.90'
 
 #: ``--nic`` values that are not a list of networks
 NIC_NONE = 'none'
@@ -169,6 +183,23 @@ class Plan:
     networks: str | list[dict[str, str]]
     metadata: dict[str, str]
     notes: list[str]
+    #: given at creation where Nova takes it (else Nova derives it from
+    #: the temporary name the server is created under)
+    hostname: str | None = None
+
+
+@dataclass
+class _Finishing:
+    """What gets its final name once the server is ACTIVE with every
+    volume attached: until then all of it has its run's temporary name,
+    so a killed restore leaves only what ``backup cleanup`` finds."""
+
+    #: (volume ID, final name, metadata)
+    volumes: list[tuple[str, str, dict[str, str]]] = field(
+        default_factory=list
+    )
+    #: the uploaded root disk image
+    image: image_restore.RestoredImage | None = None
 
 
 # -- where the backup is ------------------------------------------------
@@ -767,6 +798,15 @@ def prepare(
         )
     _check_sets(conn, rec, run, reporter)
     name = opts.name or rec.server_name or f'restore-{rec.run_id}'
+    hostname = None
+    if _takes_hostname(conn.compute):
+        hostname = hostname_of(name)
+    else:
+        notes.append(
+            'Nova here takes no hostname at creation (compute API '
+            f'{MV_HOSTNAME}): the server, created under its temporary name, '
+            'gets a hostname derived from that name.'
+        )
     return Plan(
         recorded=rec,
         name=name,
@@ -776,7 +816,26 @@ def prepare(
         networks=networks,
         metadata=restored_metadata(rec, run),
         notes=notes,
+        hostname=hostname,
     )
+
+
+def _takes_hostname(compute: Any) -> bool:
+    from openstack import utils
+
+    try:
+        return bool(utils.supports_microversion(compute, MV_HOSTNAME))
+    except Exception:  # cannot tell: do not send it
+        return False
+
+
+def hostname_of(name: str) -> str | None:
+    """The hostname Nova derives from a server name (what the server
+    would get, were it not created under its temporary name); None when
+    nothing of ``name`` is left for one."""
+    host = re.sub(r'[ _.]', '-', name.lower())
+    host = re.sub(r'[^a-z0-9-]', '', host)[:63].strip('-')
+    return host if len(host) >= 2 else None
 
 
 def plan_steps(plan: Plan) -> list[str]:
@@ -818,13 +877,22 @@ def plan_steps(plan: Plan) -> list[str]:
     )
     for disk in rec.data_disks:
         steps.append(f'attach the volume of disk {disk.label}')
+    steps.append(
+        'give the volumes, the uploaded root disk image and, last, the '
+        'server their final names (until then: osc-backup-tmp-<run>-...)'
+    )
     if any(d.set_path and d.role == ROLE_VOLUME for d in rec.disks):
         steps.append('delete the images uploaded for the volumes')
     return steps
 
 
 # -- running ------------------------------------------------------------
-def _delete_server(compute: Any, server_id: str) -> None:
+def delete_server(
+    compute: Any, server_id: str, *,
+    interval: float | None = waits.DEFAULT_INTERVAL,
+) -> None:
+    """Delete a server a restore created and wait until it is gone (its
+    restored volumes are not deleted with it: they are detached)."""
     try:
         server = compute.get_server(server_id)
     except sdk_exc.NotFoundException:
@@ -832,7 +900,7 @@ def _delete_server(compute: Any, server_id: str) -> None:
     compute.delete_server(server, ignore_missing=True)
     waits.wait_for_delete(
         compute, server, kind='server', step='delete the restored server',
-        timeout=volumes.CLEANUP_TIMEOUT,
+        timeout=volumes.CLEANUP_TIMEOUT, interval=interval,
     )
 
 
@@ -847,10 +915,11 @@ def _time_left(deadline: waits.Deadline, what: str) -> float:
 
 def _upload(
     conn: Any, disk: Disk, plan: Plan, run: tags.Run, cleanup: Cleanup,
-    reporter: Reporter, deadline: waits.Deadline,
+    reporter: Reporter, deadline: waits.Deadline, finishing: _Finishing,
 ) -> dict[str, Any]:
-    """Upload one backup set; its removal registered (a volume's image
-    on success too: it is only the way to the volume)."""
+    """Upload one backup set, under its temporary name; its removal
+    registered (a volume's image on success too: it is only the way to
+    the volume)."""
     assert disk.set_path is not None
     when = PARTIAL if disk.role == ROLE_ROOT else TEMPORARY
     suffix = 'root' if disk.role == ROLE_ROOT else (
@@ -865,8 +934,10 @@ def _upload(
     made = image_restore.restore_image(
         conn, disk.checked or disk.set_path, name=f'{plan.name}-{suffix}',
         properties=_upload_properties(plan.recorded, run),
-        timeout=left, reporter=reporter, run=run,
+        timeout=left, reporter=reporter, run=run, rename=False,
     )
+    if disk.role == ROLE_ROOT:
+        finishing.image = made
     with cleanup.creating():
         key_id = made.encryption_key_id
         if key_id:
@@ -900,8 +971,10 @@ def _upload(
 
 def _restore_volume(
     conn: Any, disk: Disk, plan: Plan, run: tags.Run, cleanup: Cleanup,
-    reporter: Reporter, deadline: waits.Deadline,
+    reporter: Reporter, deadline: waits.Deadline, finishing: _Finishing,
 ) -> dict[str, Any]:
+    """Restore one volume, under its temporary name (given its final one
+    with the server's)."""
     bs = conn.block_storage
     suffix = (disk.device or 'disk').rsplit('/', 1)[-1]
     left = _time_left(deadline, f'restoring disk {disk.label}')
@@ -909,6 +982,7 @@ def _restore_volume(
         name=f'{plan.name}-{suffix}',
         volume_type=disk.target_type,
         timeout=left,
+        rename=False,
     )
     source = volume_restore.Source(disk.kind, disk.resource)
     reporter.step(
@@ -930,9 +1004,13 @@ def _restore_volume(
             remove_command=['openstack', 'volume', 'delete', volume_id],
             when=PARTIAL,
         )
+    finishing.volumes.append(
+        (volume_id, result['final_name'], result['metadata'])
+    )
     if disk.boot_index == 0 and not result['bootable']:
         bs.set_volume_bootable_status(volume_id, True)
     return {
+        'name': result['final_name'],
         'device': disk.device,
         'boot_index': disk.boot_index,
         'volume_id': volume_id,
@@ -944,16 +1022,19 @@ def _restore_volume(
 
 
 def _create_server(
-    conn: Any, plan: Plan, boot: str, cleanup: Cleanup,
+    conn: Any, plan: Plan, boot: str, run: tags.Run, cleanup: Cleanup,
     reporter: Reporter,
 ) -> Any:
     rec = plan.recorded
     attrs: dict[str, Any] = {
-        'name': plan.name,
+        # its final name once it is complete (_give_final_names)
+        'name': run.temporary_name(tags.RESTORE_ROLE, plan.name),
         'flavor_id': plan.flavor.id,
         'networks': plan.networks,
         'metadata': plan.metadata,
     }
+    if plan.hostname:
+        attrs['hostname'] = plan.hostname
     if plan.key_name:
         attrs['key_name'] = plan.key_name
     if plan.availability_zone:
@@ -979,13 +1060,30 @@ def _create_server(
         server_id = server.id
         cleanup.add(
             f'delete restored server {server_id}',
-            lambda: _delete_server(conn.compute, server_id),
+            lambda: delete_server(conn.compute, server_id),
             leftover=f'server {server_id}',
             remove_command=['openstack', 'server', 'delete', '--wait',
                             server_id],
             when=PARTIAL,
         )
     return server
+
+
+def _give_final_names(
+    conn: Any, server: Any, plan: Plan, finishing: _Finishing,
+    reporter: Reporter,
+) -> Any:
+    """The volumes, then the root disk image, then -- last -- the server:
+    a restored server with its final name is a finished restore (``backup
+    cleanup`` removes only what still has its temporary name)."""
+    reporter.step('Giving the restored volumes and server their names')
+    for volume_id, name, metadata in finishing.volumes:
+        volume_restore.finish_new_volume(
+            conn.block_storage, volume_id, name, metadata
+        )
+    if finishing.image is not None:
+        image_restore.finish_image(conn, finishing.image)
+    return conn.compute.update_server(server, name=plan.name)
 
 
 def restore_server(
@@ -1001,23 +1099,26 @@ def restore_server(
     cleanup = Cleanup(reporter, run_id=run.run_id)
     uploaded: list[dict[str, Any]] = []
     restored: dict[int, dict[str, Any]] = {}
+    finishing = _Finishing()
     with cleanup.guard():
         for disk in rec.disks:
             if disk.set_path is not None:
                 uploaded.append(_upload(
-                    conn, disk, plan, run, cleanup, reporter, deadline
+                    conn, disk, plan, run, cleanup, reporter, deadline,
+                    finishing,
                 ))
         for i, disk in enumerate(rec.disks):
             if disk.role == ROLE_VOLUME:
                 restored[i] = _restore_volume(
-                    conn, disk, plan, run, cleanup, reporter, deadline
+                    conn, disk, plan, run, cleanup, reporter, deadline,
+                    finishing,
                 )
         boot_index = rec.disks.index(rec.boot_disk)
         boot = (
             restored[boot_index]['volume_id'] if rec.volume_backed
             else str(rec.boot_disk.artifact_id)
         )
-        server = _create_server(conn, plan, boot, cleanup, reporter)
+        server = _create_server(conn, plan, boot, run, cleanup, reporter)
         reporter.step(f'Waiting for server {server.id} to become ACTIVE')
         server = waits.wait_for_status(
             conn.compute, server, 'ACTIVE', kind='server',
@@ -1036,6 +1137,7 @@ def restore_server(
                 step=f'attach the volume of disk {disk.label}',
                 timeout=deadline,
             )
+        server = _give_final_names(conn, server, plan, finishing, reporter)
         cleanup.outcome = f'server {server.id} is ACTIVE'
     volumes_out = [restored[i] for i in sorted(restored)]
     if uploaded:  # from a directory: what went over the wire

@@ -103,6 +103,10 @@ class Options:
     wait: bool = True
     timeout: float = 3600.0
     interval: float | None = waits.DEFAULT_INTERVAL
+    #: False: a new volume keeps its temporary name and mark; the caller
+    #: gives it ``final_name`` and ``metadata`` of the result with
+    #: :func:`finish_new_volume` once its own run is complete
+    rename: bool = True
 
 
 def find_source(conn: Any, name_or_id: str) -> Source:
@@ -314,7 +318,7 @@ def _new_volume(
     res = plan.source.resource
     attrs: dict[str, Any] = {
         'size': plan.size,
-        'name': run.temporary_name('restore', plan.name),
+        'name': run.temporary_name(tags.RESTORE_ROLE, plan.name),
         'description': opts.description
         or f'Restored by osc-backup from {plan.source.kind} {res.id}',
         'metadata': {
@@ -351,20 +355,33 @@ def _target_metadata(plan: Plan, run: tags.Run) -> dict[str, str]:
     }
 
 
-def _finish_new_volume(bs: Any, vol: Any, plan: Plan, run: tags.Run) -> Any:
-    """The restore of a new volume is complete (or, with --no-wait, in
-    Cinder's hands): its final name, its metadata re-set (Cinder's backup
-    restore replaces a volume's metadata with the backed-up volume's), and
-    no temporary mark."""
+def finish_new_volume(
+    bs: Any, volume: Any, name: str, metadata: dict[str, str]
+) -> Any:
+    """The restore of a new volume (the volume, or its ID) is complete
+    (or, with --no-wait, in Cinder's hands): its final name, its metadata
+    re-set (Cinder's backup restore replaces a volume's metadata with the
+    backed-up volume's), and no temporary mark."""
     # By ID: given the volume in hand, openstacksdk (4.18) pops the key
     # from its local copy after the call and fails with KeyError when that
     # copy lacks it.
+    volume_id = getattr(volume, 'id', volume)
     try:
-        bs.delete_volume_metadata(vol.id, keys=[records.TEMPORARY])
+        bs.delete_volume_metadata(volume_id, keys=[records.TEMPORARY])
     except sdk_exc.NotFoundException:
         pass  # Cinder's restore replaced the metadata already
-    bs.set_volume_metadata(vol.id, **_target_metadata(plan, run))
-    return bs.update_volume(vol, name=plan.name)
+    bs.set_volume_metadata(volume_id, **metadata)
+    return bs.update_volume(volume, name=name)
+
+
+def _keep_temporary(bs: Any, vol: Any, plan: Plan, run: tags.Run) -> Any:
+    """A restored volume the caller finishes later: the temporary mark
+    and this run's metadata set again (Cinder's backup restore replaced
+    them with the backed-up volume's, which may name another run)."""
+    bs.set_volume_metadata(vol.id, **{
+        **_target_metadata(plan, run), records.TEMPORARY: 'true',
+    })
+    return bs.get_volume(vol.id)
 
 
 def _set_bootable(
@@ -485,8 +502,12 @@ def restore(
                     interval=opts.interval, failures=VOLUME_FAILURES,
                 )
         vol = _set_bootable(bs, vol, plan, opts, reporter)
-        if plan.target is None:
-            vol = _finish_new_volume(bs, vol, plan, run)
+        if plan.target is None and opts.rename:
+            vol = finish_new_volume(
+                bs, vol, plan.name, _target_metadata(plan, run)
+            )
+        elif plan.target is None:
+            vol = _keep_temporary(bs, vol, plan, run)
         cleanup.outcome = f'volume {vol.id} is {vol.status}'
 
     key_id = _note_key(bs, vol, source, reporter)
@@ -507,6 +528,9 @@ def restore(
         'encryption_key_id': key_id,
         'run_id': run.run_id,
         'duration': round(time.monotonic() - started, 1),
+        # what finish_new_volume gives it (Options.rename=False)
+        'final_name': plan.name,
+        'metadata': _target_metadata(plan, run),
     }
 
 

@@ -334,7 +334,11 @@ class RestoreServer(command.ShowOne):
         "that chooses another. The new server carries the metadata "
         "osc_backup_restored_from=run:<run ID>. A failure or Ctrl-C "
         "removes everything this command created (or names what is left "
-        "and the commands that remove it)."
+        "and the commands that remove it). Until the server is ACTIVE with "
+        "every volume attached, the server, volumes and uploaded images "
+        "have the run's temporary names (osc-backup-tmp-<run>-...); then "
+        "they get their final names, the server last. What a killed "
+        "restore leaves, 'backup cleanup --run-id <run>' removes."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:

@@ -1047,6 +1047,16 @@ class TestRestore(RestoreTestCase):
         self.assertEqual('v', post.json()['k'])
         self.assertEqual([DATA], self.uploaded)
 
+    def test_temporary_name_kept_until_finished(self):
+        r = image_restore.restore_image(
+            self.conn, self.saved.manifest, name='web-root',
+            run=tags.Run(run_id='0123456789ab'), rename=False)
+        self.conn.image.update_image.assert_not_called()
+        self.assertEqual(('web-root', False), (r.final_name, r.protect))
+        image_restore.finish_image(self.conn, r)
+        self.conn.image.update_image.assert_called_once_with(
+            self.NEW_ID, name='web-root')
+
     def test_restore_from_data_file(self):
         r = image_restore.restore_image(self.conn, self.saved.file)
         self.assertEqual(self.NEW_ID, r.image_id)

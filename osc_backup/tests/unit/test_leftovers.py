@@ -1,8 +1,10 @@
 import io
 from unittest import mock
 
-from openstack.key_manager.v1 import secret as _secret
 from openstack import exceptions as sdk_exc
+from openstack.compute.v2 import server as _server
+from openstack.key_manager.v1 import secret as _secret
+from openstack.test import fakes as sdk_fakes
 
 from osc_backup.common import tags
 from osc_backup.common.progress import Reporter
@@ -38,9 +40,12 @@ class CloudTestCase(base.TestCase):
         super().setUp()
         self.bs, self.image_proxy = fakes.make_proxies()
         self.km = make_km()
+        self.compute = fakes.make_compute_proxy()
+        self.compute.servers.return_value = []
         self.conn = mock.Mock(
             block_storage=self.bs, image=self.image_proxy,
             key_manager=self.km, current_project_id=PROJECT,
+            compute=self.compute,
         )
         self.err = io.StringIO()
         self.reporter = Reporter(self.err, progress=False)
@@ -244,3 +249,131 @@ class TestRemove(CloudTestCase):
             "openstack volume delete 'x; rm -rf ~ '\"'\"'y'\"'\"''",
             hostile.remove_command,
         )
+
+
+def server(name, metadata=None, **attrs):
+    return sdk_fakes.generate_fake_resource(
+        _server.Server, name=name, metadata=metadata or {},
+        status='ACTIVE', attached_volumes=attrs.pop('attached_volumes', []),
+        image=attrs.pop('image', {}), **attrs,
+    )
+
+
+def restore_md(run, **extra):
+    """What backup server restore gives its server (and, renamed, its
+    volumes; its uploaded root image has the same in its properties)."""
+    return {'osc_backup_tool': 'osc-backup', 'osc_backup_run_id': run.run_id,
+            'osc_backup_restored_from': 'run:aaaaaaaaaaaa', **extra}
+
+
+class TestRestoredServers(CloudTestCase):
+    """A server restore of run RUN killed after it created the server:
+    and servers that look like one but are not."""
+
+    def setUp(self):
+        super().setUp()
+        name = RUN.temporary_name('restore', 'web')
+        # the restore was killed while it gave the final names: the data
+        # volume and the uploaded root image had theirs already
+        self.renamed_vol = fakes.volume(name='web-vdb',
+                                        metadata=restore_md(RUN))
+        self.user_vol = fakes.volume(name='mine', metadata={})
+        self.renamed_root = image(name='web-root', properties=restore_md(
+            RUN, osc_backup_server_disk='root-disk'))
+        self.restored = server(name, restore_md(RUN), attached_volumes=[
+            {'id': self.renamed_vol.id}, {'id': self.target.id},
+            {'id': self.user_vol.id},
+        ], image={'id': self.renamed_root.id})
+        self.look_alikes = [
+            # a user's server named like one, without the metadata
+            server(name),
+            # ... with the tool's metadata but not the restore mark
+            server(name, {'osc_backup_tool': 'osc-backup',
+                          'osc_backup_run_id': RUN.run_id}),
+            # the restore mark, another run's ID
+            server(name, restore_md(OTHER)),
+            # another tool
+            server(name, restore_md(RUN, osc_backup_tool='other')),
+            # another role of the run's temporary names
+            server(RUN.temporary_name('root', 'web'), restore_md(RUN)),
+            # a finished restore: its final name
+            server('web', restore_md(RUN)),
+        ]
+        self.other_run = server(OTHER.temporary_name('restore', 'db'),
+                                restore_md(OTHER))
+        self.compute.servers.return_value = [
+            *self.look_alikes, self.restored, self.other_run]
+        volumes = {v.id: v for v in (
+            self.renamed_vol, self.user_vol, self.target)}
+        self.bs.get_volume.side_effect = lambda vid: volumes.get(
+            vid) or fakes.volume(id=vid, status='available')
+        self.image_proxy.get_image.side_effect = (
+            lambda iid: {self.renamed_root.id: self.renamed_root}[iid])
+
+    def test_matcher(self):
+        self.assertEqual(RUN.run_id, leftovers.unfinished_restore(
+            self.restored.name, self.restored.metadata))
+        for other in self.look_alikes:
+            self.assertIsNone(leftovers.unfinished_restore(
+                other.name, other.metadata), other)
+
+    def test_server_first_then_what_it_used(self):
+        found = self.find(RUN.run_id)
+        self.assertEqual(
+            [('server', self.restored.id), ('image', self.renamed_root.id),
+             ('volume', self.renamed_vol.id)],
+            [(lo.kind, lo.id) for lo in found
+             if lo.id in (self.restored.id, self.renamed_root.id,
+                          self.renamed_vol.id)],
+        )
+        self.assertEqual('server', found[0].kind)
+        ids = [lo.id for lo in found]
+        # the temporary-named target once only; the user's volume never
+        self.assertEqual(1, ids.count(self.target.id))
+        self.assertNotIn(self.user_vol.id, ids)
+        for other in (*self.look_alikes, self.other_run):
+            self.assertNotIn(other.id, ids)
+        self.assertIn(self.other_run.id, [lo.id for lo in self.find()])
+        by_id = {lo.id: lo for lo in found}
+        self.assertIn('restore that did not finish',
+                      by_id[self.restored.id].what)
+        self.assertEqual(
+            f'openstack server delete {self.restored.id}',
+            by_id[self.restored.id].remove_command)
+
+    def test_server_deleted_before_its_volumes(self):
+        order = mock.Mock()
+        order.attach_mock(self.compute.delete_server, 'server')
+        order.attach_mock(self.bs.delete_volume, 'volume')
+        order.attach_mock(self.image_proxy.delete_image, 'image')
+        self.compute.get_server.return_value = self.restored
+        found = self.find(RUN.run_id)
+        failed = leftovers.remove_leftovers(
+            self.conn, found, self.reporter, interval=0)
+        self.assertEqual([], failed)
+        self.assertEqual(
+            mock.call.server(self.restored, ignore_missing=True),
+            order.mock_calls[0])
+        self.compute.delete_server.assert_called_once()
+        deleted = [c.args[0].id for c in self.bs.delete_volume.call_args_list]
+        self.assertIn(self.renamed_vol.id, deleted)
+        self.assertNotIn(self.user_vol.id, deleted)
+
+    def test_no_compute_still_finds_the_rest(self):
+        self.compute.servers.side_effect = sdk_exc.SDKException('no nova')
+        found = self.find(RUN.run_id)
+        self.assertEqual(6, len(found))
+        self.assertIn('could not look for leftover servers',
+                      self.err.getvalue())
+
+    def test_key_of_a_removed_image_goes_with_it(self):
+        # a temporary upload of the run refers to the key the run stored:
+        # both are leftovers (the image is removed first)
+        key_id = '55555555-0000-4000-8000-000000000005'
+        self.upload.properties['cinder_encryption_key_id'] = key_id
+        self.km.secrets.return_value.append(
+            secret(RUN.key_name('db'), key_id))
+        found = [(lo.kind, lo.id) for lo in self.find(RUN.run_id)]
+        self.assertIn(('secret', key_id), found)
+        self.assertLess(found.index(('image', self.upload.id)),
+                        found.index(('secret', key_id)))

@@ -93,6 +93,9 @@ class ServerRestoreTestCase(base.TestCase):
             types.SimpleNamespace(name='nova')
         ]
         self.bs.find_type.return_value = mock.Mock(id='t')
+        # Nova takes a hostname at creation (compute API 2.90)
+        self.takes_hostname = self.useFixture(fixtures.MockPatchObject(
+            server_restore, '_takes_hostname', return_value=True)).mock
 
     def recorded(self):
         return server_restore.from_run(self.conn, RUN)
@@ -316,7 +319,20 @@ class TestPrepare(ServerRestoreTestCase):
         self.assertIn(f'create server web from image {self.root.id}',
                       steps[2])
         self.assertEqual(['attach the volume of disk /dev/vdb',
-                          'attach the volume of disk /dev/vdc'], steps[3:])
+                          'attach the volume of disk /dev/vdc'], steps[3:5])
+        self.assertIn('last, the server their final names', steps[5])
+
+    def test_hostname_from_the_final_name(self):
+        self.assertEqual('web', self.plan().hostname)
+        self.assertEqual('my-db-1', self.plan(name='My_DB.1 ').hostname)
+        self.assertEqual('n-x', server_restore.hostname_of('n\u00e9-x!'))
+        self.assertIsNone(server_restore.hostname_of('\u00e9'))
+        self.assertEqual(63, len(server_restore.hostname_of('a' * 80)))
+        # an older Nova derives it from the temporary name: said
+        self.takes_hostname.return_value = False
+        plan = self.plan()
+        self.assertIsNone(plan.hostname)
+        self.assertIn('hostname derived from that name', plan.notes[-1])
 
 
 class TestRestore(ServerRestoreTestCase):
@@ -339,16 +355,22 @@ class TestRestore(ServerRestoreTestCase):
         self.delete_volume = patcher.start()
         self.addCleanup(patcher.stop)
         self.restored = []
+        self.compute.update_server.side_effect = self._rename
 
     def _wait(self, res, status, **kwargs):
         res.status = status
         return res
 
+    def _rename(self, server, name):
+        server.name = name
+        return server
+
     def _restore_volume(self, conn, source, opts, *, run, reporter):
         volume_id = f'new-{len(self.restored)}'
         self.restored.append((source.resource.id, opts, volume_id))
         return {'volume_id': volume_id, 'size': 1, 'volume_type': 'file',
-                'bootable': False}
+                'bootable': False, 'final_name': opts.name,
+                'metadata': {'osc_backup_run_id': run.run_id}}
 
     def test_image_booted(self):
         result = server_restore.restore_server(
@@ -358,7 +380,20 @@ class TestRestore(ServerRestoreTestCase):
             [self.vol_b.id, self.vol_c.id], [r[0] for r in self.restored])
         self.assertEqual(['web-vdb', 'web-vdc'],
                          [r[1].name for r in self.restored])
+        # the volumes keep their temporary names until the server is done
+        self.assertEqual([False, False],
+                         [r[1].rename for r in self.restored])
         kwargs = self.compute.create_server.call_args.kwargs
+        # created under the run's temporary name, with the tool's mark
+        self.assertEqual('osc-backup-tmp-0123456789ab-restore-of-web',
+                         kwargs['name'])
+        self.assertEqual('web', kwargs['hostname'])
+        self.assertEqual(('osc-backup', '0123456789ab'), (
+            kwargs['metadata']['osc_backup_tool'],
+            kwargs['metadata']['osc_backup_run_id']))
+        self.assertEqual('web', result['server_name'])
+        self.assertEqual(['web-vdb', 'web-vdc'],
+                         [v['name'] for v in result['volumes']])
         self.assertEqual(self.root.id, kwargs['image_id'])
         self.assertEqual(self.flavor.id, kwargs['flavor_id'])
         self.assertEqual('none', kwargs['networks'])
@@ -404,6 +439,40 @@ class TestRestore(ServerRestoreTestCase):
         self.assertEqual(
             [mock.call(self.server, 'new-1')],
             self.compute.create_volume_attachment.call_args_list)
+
+    def test_final_names_volumes_first_the_server_last(self):
+        order = mock.Mock()
+        order.attach.side_effect = self.compute.create_volume_attachment
+        self.compute.create_volume_attachment = order.attach
+        self.compute.update_server.side_effect = None
+        self.compute.update_server.return_value = self.server
+        order.attach_mock(self.compute.update_server, 'server')
+        with mock.patch.object(server_restore.volume_restore,
+                               'finish_new_volume') as finish:
+            order.attach_mock(finish, 'volume')
+            server_restore.restore_server(
+                self.conn, self.plan(), run=self.run_ctx,
+                reporter=self.reporter)
+        self.assertEqual([
+            mock.call.attach(self.server, 'new-0'),
+            mock.call.attach(self.server, 'new-1'),
+            mock.call.volume(self.bs, 'new-0', 'web-vdb',
+                             {'osc_backup_run_id': '0123456789ab'}),
+            mock.call.volume(self.bs, 'new-1', 'web-vdc',
+                             {'osc_backup_run_id': '0123456789ab'}),
+            mock.call.server(self.server, name='web'),
+        ], order.mock_calls)
+
+    def test_failed_rename_removes_what_was_created(self):
+        self.compute.update_server.side_effect = RuntimeError('refused')
+        self.assertRaises(
+            RuntimeError, server_restore.restore_server, self.conn,
+            self.plan(), run=self.run_ctx, reporter=self.reporter)
+        self.compute.delete_server.assert_called_once_with(
+            self.server, ignore_missing=True)
+        self.assertEqual(
+            ['new-1', 'new-0'],
+            [c.args[1] for c in self.delete_volume.call_args_list])
 
     def test_server_error_removes_what_was_created(self):
         def fail(res, status, **kwargs):
@@ -572,7 +641,8 @@ class TestRestoreFromDirectory(ServerRestoreTestCase):
             patcher = mock.patch.object(getattr(server_restore, name), (
                 'restore' if name == 'volume_restore' else 'delete_volume'),
                 return_value={'volume_id': 'nv', 'size': 1,
-                              'volume_type': 'luks', 'bootable': False})
+                              'volume_type': 'luks', 'bootable': False,
+                              'final_name': 'web-vdb', 'metadata': {}})
             patcher.start()
             self.addCleanup(patcher.stop)
         self.server = sdk_fakes.generate_fake_resource(
@@ -588,7 +658,8 @@ class TestRestoreFromDirectory(ServerRestoreTestCase):
         image_id = f'up-{len(self.uploaded)}'
         key = 'new-key' if 'vol' in path else None
         return mock.Mock(image_id=image_id, size=1000,
-                         encryption_key_id=key)
+                         encryption_key_id=key, final_name='web-root',
+                         protect=False)
 
     def test_validated_uploaded_and_restored(self):
         rec = server_restore.from_directory(self.dir)
@@ -612,6 +683,12 @@ class TestRestoreFromDirectory(ServerRestoreTestCase):
         }, props)
         self.assertEqual('up-1', self.compute.create_server.call_args
                          .kwargs['image_id'])
+        # uploaded under temporary names; the root image gets its final
+        # name once the server is done, the volume's image never needs one
+        self.assertEqual([False, False],
+                         [u[1]['rename'] for u in self.uploaded])
+        self.image_proxy.update_image.assert_called_once_with(
+            'up-1', name='web-root')
         self.assertEqual([True, False],
                          [u['kept'] for u in result['uploaded']])
         self.assertEqual(2000, result['bytes'])

@@ -279,6 +279,37 @@ class TestRestoreBackup(RestoreTestCase):
         )
         self.assertIs(False, result['bootable'])
 
+    def test_kept_temporary_for_the_caller_to_finish(self):
+        # backup server restore: the volume keeps its temporary name and
+        # mark (set again: Cinder's restore replaced the metadata with
+        # the backed-up volume's, which may name another run)
+        result = self.restore(name='web-vdb', rename=False)
+        self.bs.update_volume.assert_not_called()
+        self.bs.delete_volume_metadata.assert_not_called()
+        mark = {
+            'osc_backup_tool': 'osc-backup',
+            'osc_backup_run_id': '0123456789ab',
+            'osc_backup_restored_from': f'backup:{self.backup.id}',
+        }
+        self.bs.set_volume_metadata.assert_called_once_with(
+            self.new.id, osc_backup_temporary='true', **mark)
+        self.assertEqual(
+            'osc-backup-tmp-0123456789ab-restore-of-web-vdb',
+            self.bs.create_volume.call_args.kwargs['name'])
+        self.assertEqual(('web-vdb', mark),
+                         (result['final_name'], result['metadata']))
+        # ... until it gives them
+        self.bs.set_volume_metadata.reset_mock()
+        self.bs.update_volume.side_effect = None
+        volume_restore.finish_new_volume(
+            self.bs, self.new.id, result['final_name'], result['metadata'])
+        self.bs.delete_volume_metadata.assert_called_once_with(
+            self.new.id, keys=['osc_backup_temporary'])
+        self.bs.set_volume_metadata.assert_called_once_with(
+            self.new.id, **mark)
+        self.bs.update_volume.assert_called_once_with(
+            self.new.id, name='web-vdb')
+
     def test_metadata_already_replaced_by_cinder(self):
         # Cinder's restore replaced the volume's metadata (with that of
         # the backed-up volume): the temporary mark is gone already
