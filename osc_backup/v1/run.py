@@ -79,8 +79,8 @@ class RunBackup(command.ExitCode, command.Lister):
         "--shard I/N takes a stable part of the selection (by a hash of "
         "each resource ID), so N jobs (e.g. a Kubernetes Indexed Job) "
         "share the work without overlap. --then-prune applies the "
-        "retention rules (the --keep options) to each source whose "
-        "backup in this run succeeded, as 'backup prune --source' "
+        "retention rules (--keep-last, --keep-daily...) to each source "
+        "whose backup in this run succeeded, as 'backup prune --source' "
         "would; a source whose backup failed is never pruned."
     )
 
@@ -165,9 +165,9 @@ class RunBackup(command.ExitCode, command.Lister):
             '--then-prune',
             action='store_true',
             help=_('After the backups, delete the old backups of each '
-                   'source whose backup succeeded, by the --keep rules '
-                   '(as backup prune --source <ID>; per source and kind, '
-                   'calendar periods in UTC)'),
+                   'source whose backup succeeded, by the retention rules '
+                   'below (as backup prune --source <ID>; per source and '
+                   'kind, calendar periods in UTC)'),
         )
         catalog_cmd.add_retention_args(prune)
         parser.add_argument(
@@ -185,7 +185,7 @@ class RunBackup(command.ExitCode, command.Lister):
             if parsed.then_prune and not rules:
                 parser.error(f'--then-prune: {catalog_cmd.NO_RULE}')
             if rules and not parsed.then_prune:
-                parser.error('the --keep-* rules need --then-prune')
+                parser.error('the --keep-... rules need --then-prune')
             return parsed
 
         parser.parse_args = parse_args  # type: ignore[method-assign]

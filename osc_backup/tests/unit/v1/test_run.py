@@ -68,7 +68,7 @@ class TestRunBackup(base.TestCommand):
             (['--all-volumes', '--shard', 'x'], 'expected I/N'),
             (['--all-volumes', '--parallel', '0'], 'must be 1 or more'),
             (['--all-volumes', '--then-prune'], 'no retention rule'),
-            (['--all-volumes', '--keep-last', '1'], 'need --then-prune'),
+            (['--all-volumes', '--keep-last', '1'], 'rules need --then-prune'),
             (['--all-volumes', '--via-image', '--via-backup'],
              'not allowed with'),
         ):
