@@ -69,6 +69,9 @@ LOG = logging.getLogger(__name__)
 
 TEMPORARY = 'temporary'
 PARTIAL = 'partial'
+#: undone on success, failure and interrupt, even with keep_temporary
+#: (e.g. unpausing a server the run paused)
+ALWAYS = 'always'
 
 #: seconds one undo action may take, unless the command says otherwise
 DEFAULT_TIMEOUT = 120.0
@@ -110,7 +113,8 @@ class Undo:
     leftover: str
     #: the exact command that removes it by hand (shell-quoted)
     remove_command: str
-    #: TEMPORARY: always undone; PARTIAL: undone only if the run fails
+    #: TEMPORARY: always undone (kept with keep_temporary); PARTIAL:
+    #: undone only if the run fails; ALWAYS: always undone
     when: str = TEMPORARY
 
 

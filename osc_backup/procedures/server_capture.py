@@ -57,7 +57,7 @@ from osc_backup.common import errors
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
-from osc_backup.common.cleanup import Cleanup, Undo
+from osc_backup.common.cleanup import ALWAYS, Cleanup, Undo
 from osc_backup.common.progress import Reporter
 from osc_backup.common.text import printable
 from osc_backup.procedures import server_plan
@@ -144,6 +144,7 @@ def _pause(
                              interval=opts.interval),
             leftover=f'server {server.id} (paused)',
             remove_command=['openstack', 'server', 'unpause', server.id],
+            when=ALWAYS,  # also with --keep-temporary
         )
     waits.wait_for_status(
         conn.compute, conn.compute.get_server(server.id), 'PAUSED',

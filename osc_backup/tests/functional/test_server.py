@@ -82,6 +82,24 @@ class ServerTestBase(base.FunctionalTestCase):
                         volume], fail_ok=True)
         self.wait_for_status('volume', volume, 'available')
 
+    def interrupted(self, args, ready, what, *, interval=0.5):
+        """Run `openstack --os-cloud minicloud ARGS`, send it SIGINT once
+        ``ready()`` holds (failing if it ends first or ``what`` never
+        comes), and return ``(exit status, stdout, stderr)``."""
+        argv = [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, *args]
+        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + base.WAIT_TIMEOUT
+        while not ready():
+            self.assertIsNone(proc.poll(), 'finished before the signal')
+            self.assertLess(time.time(), deadline, f'no {what}')
+            time.sleep(interval)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=600)
+        self.record(argv, proc.returncode, out, err)
+        return proc.returncode, out, err
+
     def saved_sha256(self, image_id):
         path = os.path.join(self.tmp, image_id)
         self.openstack(['backup', 'image', 'save', '--file', path, image_id])
@@ -198,27 +216,22 @@ class ServerBackupTestCase(ServerTestBase):
         vol = self.create_volume(1)
         self.write_random(vol['id'], mib=256)
         self.attach(server['id'], vol['id'])
-        argv = [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
-                'server', 'create', '--via-image', server['id']]
-        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        # the root disk is done once the volume's temporary snapshot exists
-        deadline = time.time() + base.WAIT_TIMEOUT
-        while not self.our_leftovers(vol['name']):
-            self.assertIsNone(proc.poll(), 'finished before the signal')
-            self.assertLess(time.time(), deadline, 'no temporary snapshot')
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=600)
-        self.record(argv, proc.returncode, out, err)
+        # every disk is captured first (the volume's snapshot, then the
+        # root image); the root disk is done once the volume's temporary
+        # volume (made from that snapshot) exists
+        returncode, _out, err = self.interrupted(
+            ['backup', 'server', 'create', '--via-image', server['id']],
+            lambda: [n for n in self.our_leftovers(vol['name'])
+                     if '-volume-of-' in n],
+            'temporary volume',
+        )
         roots = self.openstack(
             ['image', 'list', '--property',
              f"osc_backup_server_id={server['id']}"], parse_output=True)
         for root in roots:
             self.addCleanup(self._delete_simple, 'image', root['ID'],
                             base.MEMBER_CLOUD)
-        self.assertEqual(130, proc.returncode, err)
+        self.assertEqual(130, returncode, err)
         self.assertEqual(1, len(roots), roots)
         self.assertEqual('active', roots[0]['Status'])
         self.assertIn('kept (complete)', err)

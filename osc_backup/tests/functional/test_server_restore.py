@@ -11,10 +11,8 @@ that failed or was interrupted leaves is checked to be nothing.
 
 import json
 import os
-import signal
 import subprocess
 import tempfile
-import time
 
 from osc_backup.tests.functional import base
 from osc_backup.tests.functional.test_server import COMPUTE_API
@@ -227,23 +225,15 @@ class ServerRestoreTestCase(ServerTestBase):
         self.write_random(vol['id'], mib=200)
         made, _err = self.backup_json(server['id'], '--via-image')
         name = self.unique_name('osc-backup-ft-int')
-        argv = [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
-                'server', 'restore', made['run_id'], '--nic', 'none',
-                '--name', name]
-        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
         # interrupted once a restored volume exists (while it is
         # restored under its temporary name, or after)
-        deadline = time.time() + base.WAIT_TIMEOUT
-        while not [n for n in self.named('volume', '') if name in n]:
-            self.assertIsNone(proc.poll(), 'finished before the signal')
-            self.assertLess(time.time(), deadline, 'no volume restored')
-            time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=600)
-        self.record(argv, proc.returncode, out, err)
-        self.assertEqual(130, proc.returncode, err)
+        returncode, _out, err = self.interrupted(
+            ['backup', 'server', 'restore', made['run_id'], '--nic',
+             'none', '--name', name],
+            lambda: [n for n in self.named('volume', '') if name in n],
+            'volume restored', interval=0.3,
+        )
+        self.assertEqual(130, returncode, err)
         leftovers = [n for n in self.named('volume', '') if name in n]
         self.assertEqual([], leftovers, err)
         self.assertEqual([], self.named('server', name), err)

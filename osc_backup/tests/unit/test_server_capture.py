@@ -252,6 +252,27 @@ class TestPause(CaptureTestCase):
         self.calls.append(('createImage', name))
         raise sdk_exc.HttpException('Nova is down')
 
+    def test_volume_booted_paused_around_novas_call(self):
+        root = self.attach('/dev/vda')
+        self.nova_makes_snapshots(root)
+        result = self.run_backup(server(image={}), pause=True)
+        self.assertEqual(
+            ['pause', 'createImage', 'unpause'],
+            [c[0] for c in self.calls
+             if c[0] in ('pause', 'createImage', 'unpause')])
+        self.assertEqual('paused', result['mode'])
+        self.assertEqual('ACTIVE', self.state['status'])
+
+    def test_keep_temporary_still_unpauses(self):
+        self.attach('/dev/vdb')
+        self.bs.upload_volume_to_image.side_effect = sdk_exc.HttpException(
+            'quota')
+        self.assertRaises(errors.BackupError, self.run_backup, server(),
+                          pause=True, keep_temporary=True)
+        self.assertEqual('ACTIVE', self.state['status'])
+        self.assertNotIn('delete_snapshot', [c[0] for c in self.calls])
+        self.assertIn('openstack volume snapshot delete', self.err.getvalue())
+
     def test_interrupt_unpauses(self):
         self.attach('/dev/vdb')
         self.bs.upload_volume_to_image.side_effect = errors.Interrupted(

@@ -39,6 +39,26 @@ class TestCreateServerBackup(base.TestCommand):
                                            '--via-backup'])
         self.check_parser_error(self.cmd, ['web', '--timeout', '0'])
 
+    def test_pause_and_quiesce(self):
+        self.check_parser(self.cmd, ['web'],
+                          [('pause', False), ('quiesce', False)])
+        self.check_parser(self.cmd, ['web', '--pause'], [('pause', True)])
+        self.check_parser(self.cmd, ['web', '--quiesce'],
+                          [('quiesce', True)])
+        self.check_parser_error(self.cmd, ['web', '--pause', '--quiesce'])
+        # the options reach the plan: --quiesce of an image-booted server
+        parsed = self.check_parser(self.cmd, ['web', '--quiesce'], [])
+        exc = self.assertRaises(
+            exceptions.CommandError, self.cmd.take_action, parsed
+        )
+        self.assertIn('--quiesce', str(exc))
+        parsed = self.check_parser(self.cmd, ['web', '--pause',
+                                              '--dry-run'], [])
+        columns, data = self.cmd.take_action(parsed)
+        result = dict(zip(columns, data))
+        self.assertEqual('paused', result['mode'])
+        self.assertIn('pause', result['steps'].machine_readable()[0])
+
     def test_dry_run_creates_nothing(self):
         parsed = self.check_parser(self.cmd, ['web', '--dry-run'], [])
         with mock.patch.object(
