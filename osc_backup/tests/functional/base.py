@@ -28,6 +28,8 @@ import sys
 import time
 import uuid
 
+import openstack.config
+import openstack.connection
 import testtools
 from testtools import content
 
@@ -152,6 +154,16 @@ class FunctionalTestCase(testtools.TestCase):
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith('OS_')}
         self.env['OS_CLIENT_CONFIG_FILE'] = clouds_yaml()
+
+    def connect(self, cloud=MEMBER_CLOUD):
+        """An openstacksdk connection to `cloud`, configured as the CLI
+        the tests run is; closed when the test ends."""
+        config = openstack.config.OpenStackConfig(
+            config_files=[self.env['OS_CLIENT_CONFIG_FILE']])
+        conn = openstack.connection.Connection(
+            config=config.get_one(cloud=cloud))
+        self.addCleanup(conn.close)
+        return conn
 
     # ---- the command log -------------------------------------------------
     def record(self, argv, returncode, stdout, stderr, *, quiet=False):

@@ -22,8 +22,6 @@ import stat
 import subprocess
 import tempfile
 
-import openstack.config
-import openstack.connection
 
 from osc_backup.tests.functional import base
 
@@ -37,11 +35,7 @@ class EncryptedVolumeTestCase(base.FunctionalTestCase):
         if not os.path.exists(CRYPTSETUP):
             self.skipTest('cryptsetup is missing (apt-get install -y '
                           'cryptsetup-bin)')
-        config = openstack.config.OpenStackConfig(
-            config_files=[self.env['OS_CLIENT_CONFIG_FILE']])
-        self.conn = openstack.connection.Connection(
-            config=config.get_one(cloud=base.MEMBER_CLOUD))
-        self.addCleanup(self.conn.close)
+        self.conn = self.connect()
         self.tmp = tempfile.mkdtemp(prefix='osc-backup-ft-enc-')
         self.addCleanup(shutil.rmtree, self.tmp, True)
 

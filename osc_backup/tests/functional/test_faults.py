@@ -9,8 +9,6 @@ helper finds Cinder's message about the volume.
 
 import time
 
-import openstack.config
-import openstack.connection
 
 from osc_backup.common import waits
 from osc_backup.tests.functional import base
@@ -19,11 +17,7 @@ from osc_backup.tests.functional import base
 class UserMessageTestCase(base.FunctionalTestCase):
     def setUp(self):
         super().setUp()
-        config = openstack.config.OpenStackConfig(
-            config_files=[self.env['OS_CLIENT_CONFIG_FILE']])
-        self.conn = openstack.connection.Connection(
-            config=config.get_one(cloud=base.MEMBER_CLOUD))
-        self.addCleanup(self.conn.close)
+        self.conn = self.connect()
 
     def test_failed_upload_is_explained_by_cinder(self):
         bs = self.conn.block_storage

@@ -57,11 +57,11 @@ class ServerTestBase(base.FunctionalTestCase):
                         base.MEMBER_CLOUD)
         return image, base.sha256_file(path)
 
-    def create_server(self, *, image=None, volume=None):
+    def create_server(self, *, image=None, volume=None, name=None):
         args = [*COMPUTE_API, 'server', 'create', '--flavor', 'm1.tiny',
                 '--nic', 'none', '--wait']
         args += ['--image', image] if image else ['--volume', volume]
-        args.append(self.unique_name())
+        args.append(name or self.unique_name())
         server = self.openstack(args, parse_output=True)
         self.addCleanup(self._delete_server, server['id'])
         self.assertEqual('ACTIVE', server['status'])

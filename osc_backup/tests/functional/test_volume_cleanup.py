@@ -10,8 +10,6 @@ Killed runs themselves are in test_volume_via_image.py.
 
 import uuid
 
-import openstack.config
-import openstack.connection
 
 from osc_backup.tests.functional import base
 
@@ -21,11 +19,7 @@ TOOL_MD = 'osc_backup_tool=osc-backup'
 class TestCleanup(base.FunctionalTestCase):
     def setUp(self):
         super().setUp()
-        config = openstack.config.OpenStackConfig(
-            config_files=[self.env['OS_CLIENT_CONFIG_FILE']])
-        self.conn = openstack.connection.Connection(
-            config=config.get_one(cloud=base.MEMBER_CLOUD))
-        self.addCleanup(self.conn.close)
+        self.conn = self.connect()
         self.run_id = uuid.uuid4().hex[:12]
 
     def tmp(self, role):

@@ -12,9 +12,6 @@ import subprocess
 import tempfile
 import time
 
-import openstack
-import openstack.config
-import openstack.connection
 
 from osc_backup.tests.functional import base
 
@@ -22,11 +19,7 @@ from osc_backup.tests.functional import base
 class VolumeViaImageTestCase(base.FunctionalTestCase):
     def setUp(self):
         super().setUp()
-        config = openstack.config.OpenStackConfig(
-            config_files=[self.env['OS_CLIENT_CONFIG_FILE']])
-        self.conn = openstack.connection.Connection(
-            config=config.get_one(cloud=base.MEMBER_CLOUD))
-        self.addCleanup(self.conn.close)
+        self.conn = self.connect()
         self.tmp = tempfile.mkdtemp(prefix='osc-backup-ft-')
         self.addCleanup(subprocess.run, ['rm', '-rf', self.tmp])
 
