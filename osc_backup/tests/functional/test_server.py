@@ -92,7 +92,10 @@ class ServerTestBase(base.FunctionalTestCase):
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.time() + base.WAIT_TIMEOUT
         while not ready():
-            self.assertIsNone(proc.poll(), 'finished before the signal')
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                self.record(argv, proc.returncode, out, err)
+                self.fail(f'finished before the signal (no {what})')
             self.assertLess(time.time(), deadline, f'no {what}')
             time.sleep(interval)
         proc.send_signal(signal.SIGINT)
