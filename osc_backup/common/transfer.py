@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from osc_backup.common import errors
+from osc_backup.common import waits
 from osc_backup.common.progress import Reporter
 from osc_backup.common.text import printable
 
@@ -578,6 +579,9 @@ class _Transfer:
         while True:
             if pipeline.error is not None:
                 raise self._write_error()
+            # a worker of backup run: its run was interrupted (the main
+            # thread's Ctrl-C); as a Ctrl-C here, the partial data stays
+            waits.check_cancelled()
             idx, view = pipeline.buffer()
             try:
                 n = _fill(read, view)

@@ -331,8 +331,10 @@ def user_message(proxy: Any, resource_id: str) -> str:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """A dropped connection or a gateway error: worth polling again."""
-    if isinstance(exc, ks_exc.ConnectFailure):
+    """A dropped connection, a poll that timed out (an API busy with
+    uploads: ``backup run --parallel`` keeps a small Glance's threads
+    busy) or a gateway error: worth polling again (a poll is a GET)."""
+    if isinstance(exc, ks_exc.ConnectFailure | ks_exc.ConnectTimeout):
         return True
     code = getattr(exc, 'status_code', None)
     return isinstance(exc, sdk_exc.HttpException) and code in (

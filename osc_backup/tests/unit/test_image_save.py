@@ -804,6 +804,19 @@ class TestRetries(DownloadTestCase):
         self.assertFalse(os.path.exists(self.final))
 
 
+    def test_cancelled_run_stops_the_download(self):
+        # a worker of backup run whose run got a signal
+        from osc_backup.common import waits
+        from osc_backup.common.errors import Interrupted
+        self.serve(self.whole())
+        token = waits.Cancellation()
+        token.cancel('SIGTERM')
+        with waits.cancellable(token):
+            e = self.assertRaises(Interrupted, self.save)
+        self.assertEqual('SIGTERM', e.signame)
+        self.assertFalse(os.path.exists(self.final))
+
+
 class TestFreeSpace(DownloadTestCase):
     def statvfs(self, free):
         return mock.Mock(f_bavail=free // 4096, f_frsize=4096)

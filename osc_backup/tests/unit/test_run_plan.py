@@ -458,6 +458,21 @@ class TestPlan(Cloud):
         self.assertIsNone(targets[0].choice)
         self.assert_nothing_changed()
 
+    def test_a_run_shares_one_choice_per_zone(self):
+        self.bs.services.return_value = [service(availability_zone='nova')]
+        v1, v2 = volume(name='a'), volume(name='b')
+        far = volume(name='c', availability_zone='az9')
+        targets = self.targets(v1, v2, far)
+        with mock.patch.object(
+            volume_choice, 'choose', wraps=volume_choice.choose
+        ) as choose:
+            run_plan.plan(self.conn, targets, probe=True)
+        self.assertEqual(2, choose.call_count)
+        self.assertTrue(all(c.kwargs['probe'] for c in choose.call_args_list))
+        # a fall-back one of them learns applies to its zone
+        self.assertIs(targets[0].choice, targets[1].choice)
+        self.assertIsNot(targets[0].choice, targets[2].choice)
+
     def test_member_dry_run_does_not_probe(self):
         self.bs.services.side_effect = http_error(
             sdk_exc.ForbiddenException, 403, 'Policy does not allow')

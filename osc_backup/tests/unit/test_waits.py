@@ -326,6 +326,8 @@ class TestTransientErrors(base.TestCase):
         self.bs.wait_for_status.side_effect = [
             ks_exc.ConnectFailure('Remote end closed connection'),
             sdk_exc.HttpException('bad gateway', http_status=502),
+            # the API busy (all its threads serving uploads)
+            ks_exc.ConnectTimeout('Request to .../v2/images/x timed out'),
             self.done,
         ]
         result = waits.wait_for_status(
@@ -333,7 +335,7 @@ class TestTransientErrors(base.TestCase):
             timeout=60, interval=0,
         )
         self.assertIs(self.done, result)
-        self.assertEqual(3, self.bs.wait_for_status.call_count)
+        self.assertEqual(4, self.bs.wait_for_status.call_count)
 
     def test_too_many_blips_fail_clearly(self):
         from keystoneauth1 import exceptions as ks_exc
