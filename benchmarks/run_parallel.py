@@ -7,8 +7,7 @@ interleaved rounds (the order rotates every round):
 
   run         openstack backup run --property <tag> --via-image
               --parallel 4  (one command, four workers; --parallel N to
-              change it: the minicloud's Glance has four threads, which
-              four uploads keep busy)
+              change it)
   sequential  the four ``openstack backup volume create --via-image``
               commands, one after the other
   parallel    the four uploads started at once with plain ``openstack
@@ -16,11 +15,12 @@ interleaved rounds (the order rotates every round):
               this script (images active, volumes available again; a
               0.25 s polling tick)
 
-The minicloud's Glance runs four threads: while four uploads hold them,
-its other requests wait for one to end, longer than the tool's default
-API timeout (60 s, for clouds that configure none). Plain ``openstack``
-commands wait without a timeout, so the ``openstack`` commands of this
-benchmark run with ``api_timeout: 900`` (a copy of clouds.yaml).
+The minicloud's Glance ran four threads when this was written (sixteen
+now): while four uploads held them, its other requests waited for one to
+end, longer than the tool's default API timeout (60 s, for clouds that
+configure none). Plain ``openstack`` commands wait without a timeout, so
+the ``openstack`` commands of this benchmark run with ``api_timeout:
+900`` (a copy of clouds.yaml).
 
 What a run made is deleted between runs (not timed). Prints the minimum
 and median seconds of each and the ratios of the minima: run/parallel

@@ -11,7 +11,10 @@ from minicloud_lib.control.identity import authtoken
 from minicloud_lib.control.processes import Service, gunicorn, http_ok
 
 SERVICES = [
-    Service('glance', lambda: gunicorn('wsgi_glance', 9292),
+    # an upload or download holds a thread for its whole transfer: with
+    # 4 threads, 4 uploads at once (backup run --parallel 4, parallel
+    # tests) queued every other request past a client's 60 s API timeout
+    Service('glance', lambda: gunicorn('wsgi_glance', 9292, threads=16),
             ports=(9292,), health=lambda s: http_ok(9292)),
 ]
 

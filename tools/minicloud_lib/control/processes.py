@@ -49,8 +49,8 @@ def http_ok(port, path='/', timeout=5):
         return False, str(e) or e.__class__.__name__
 
 
-def gunicorn(module, port):
-    return [bin_('gunicorn'), '--workers', '1', '--threads', '4',
+def gunicorn(module, port, threads=4):
+    return [bin_('gunicorn'), '--workers', '1', '--threads', str(threads),
             '--worker-class', 'gthread', '--bind', '%s:%d' % (HOST, port),
             '--timeout', '600', '--graceful-timeout', '5',
             # idle keep-alive connections stay open longer than any client
