@@ -443,7 +443,8 @@ class Cleanup:
                         exc.signame == stop
                     ):
                         raise
-                    raise errors.Interrupted(stop) from exc
+                    # still naming the complete backups kept
+                    raise errors.keeping(exc, signame=stop) from exc
                 if left:
                     message = self.leftover_message(left)
                     if isinstance(exc, KeyboardInterrupt):

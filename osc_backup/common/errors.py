@@ -21,6 +21,7 @@ SDK or keystoneauth raised into such a line.
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 
 from osc_backup.common.text import printable
 
@@ -55,11 +56,21 @@ class CleanupError(BackupError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """The run was interrupted by SIGINT or SIGTERM."""
+    """The run was interrupted by SIGINT or SIGTERM.
 
-    def __init__(self, signame: str) -> None:
+    ``kept``: the IDs of complete backups the interrupted run made and
+    keeps (e.g. an active image whose download was interrupted);
+    ``detail``: one line saying so (what to do with them). See
+    :func:`keeping`.
+    """
+
+    def __init__(
+        self, signame: str, *, kept: Sequence[str] = (), detail: str = ''
+    ) -> None:
         super().__init__(signame)
         self.signame = signame
+        self.kept = list(kept)
+        self.detail = detail
 
     @property
     def exit_code(self) -> int:
@@ -69,6 +80,23 @@ class Interrupted(KeyboardInterrupt):
             return 128 + int(signal.Signals[self.signame])
         except KeyError:
             return 130
+
+
+def keeping(
+    exc: BaseException, kept: Sequence[str] = (), detail: str = '',
+    *, signame: str | None = None,
+) -> Interrupted:
+    """An :class:`Interrupted` for ``exc`` (a ``KeyboardInterrupt``: its
+    signal, or ``signame``) that also names the complete backups ``kept``
+    (before those ``exc`` already named) and says ``detail`` (after what
+    ``exc`` said)."""
+    before = list(getattr(exc, 'kept', None) or [])
+    details = [getattr(exc, 'detail', '') or '', detail]
+    return Interrupted(
+        signame or getattr(exc, 'signame', None) or 'SIGINT',
+        kept=list(kept) + [k for k in before if k not in kept],
+        detail=' '.join(d for d in details if d),
+    )
 
 
 def describe(exc: BaseException) -> str:

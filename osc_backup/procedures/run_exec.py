@@ -385,8 +385,13 @@ def backup_one(
                 conn, target, opts, run, rep, gates or _Gates()
             )
     except errors.Interrupted as exc:
+        # complete backups the interrupted run keeps (e.g. an active image
+        # whose download was interrupted): in the row, so they are found
+        error = f'{INTERRUPTED} ({exc.signame})'
+        if exc.detail:
+            error += f': {exc.detail}'
         return run_plan.result_for(
-            target, run_plan.FAILED, error=f'{INTERRUPTED} ({exc.signame})',
+            target, run_plan.FAILED, backups=exc.kept, error=error,
             duration=time.monotonic() - started,
         )
     except Exception as exc:

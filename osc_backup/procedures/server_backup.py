@@ -79,8 +79,8 @@ def _stopped(
     """Name the disks backed up so far: complete backups, kept.
 
     Raises a :class:`errors.BackupError` that adds them to ``exc``'s
-    message; for an interrupt, says it on stderr and returns (the caller
-    re-raises).
+    message; for an interrupt, says it on stderr and raises an
+    :class:`errors.Interrupted` that names them (:func:`errors.keeping`).
     """
     if not done:
         return
@@ -95,7 +95,11 @@ def _stopped(
     )
     if isinstance(exc, Exception):
         raise errors.BackupError(f'{exc}\n{message}') from exc
+    if not isinstance(exc, KeyboardInterrupt):
+        return
     reporter.note(message)  # Ctrl-C: the interrupt goes on
+    ids = [str(a['id']) for a in map(artifact, done) if a.get('id')]
+    raise errors.keeping(exc, ids, message) from exc
 
 
 def backup_server(

@@ -626,6 +626,16 @@ def download_image(
             f'download failed: {exc} Resume it with: openstack backup image '
             f'save --dir {directory} {image_id}'
         ) from exc
+    except KeyboardInterrupt as exc:
+        # the image is a complete backup, kept: name it (the row of
+        # ``backup run`` lists it) and how to finish the download
+        kept = (
+            f'The backup image {image_id} is active and complete (kept), '
+            'but its download was interrupted. Resume it with: openstack '
+            f'backup image save --dir {shlex.quote(directory)} {image_id}'
+        )
+        reporter.note(kept)
+        raise errors.keeping(exc, [image_id], kept) from exc
     return saved.files
 
 

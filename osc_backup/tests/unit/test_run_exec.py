@@ -15,9 +15,11 @@ from osc_backup.common import retention
 from osc_backup.common import waits
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import catalog
+from osc_backup.procedures import image_save
 from osc_backup.procedures import run_exec
 from osc_backup.procedures import run_plan
 from osc_backup.procedures import volume_choice
+from osc_backup.procedures import volume_image
 from osc_backup.tests.unit import base
 from osc_backup.tests.unit import fakes
 
@@ -335,13 +337,17 @@ class Interrupt(RunBase):
                 leftover=f'volume tmp-{vol.id}',
                 remove_command=['openstack', 'volume', 'delete', vol.id],
             )
-            self.started.set()
-            stuck = fakes.volume(status='creating')
-            self.cloud.timeline(stuck, 'creating')
-            waits.wait_for_status(
-                self.bs, stuck, 'available', kind='volume',
-                step='create temporary volume', timeout=600, interval=0.05,
-            )
+            self._stuck()
+
+    def _stuck(self):
+        """Say the work started, then wait for ever (until a signal)."""
+        self.started.set()
+        stuck = fakes.volume(status='creating')
+        self.cloud.timeline(stuck, 'creating')
+        waits.wait_for_status(
+            self.bs, stuck, 'available', kind='volume',
+            step='create temporary volume', timeout=600, interval=0.05,
+        )
 
     def _kill_when_started(self, sig, count=2):
         def kill():
@@ -433,6 +439,37 @@ class Interrupt(RunBase):
         self.assertEqual(['ok', 'failed'],
                          [r.result for r in report.results])
         self.assertEqual(130, report.exit_code())
+
+    def test_interrupted_download_names_the_kept_image(self):
+        # the image is active and complete; its download is interrupted:
+        # the row names the image (Backup) and how to finish (Error)
+        [t] = self.targets('a')
+        directory = self.useFixture(fixtures.TempDir()).path
+
+        def save_image(conn, image_id, directory, **kw):
+            self._stuck()
+
+        def backup(conn, vol, choice, image_opts, *a, reporter, **kw):
+            volume_image.download_image(
+                conn, f'img-{vol.id}', image_opts.download, reporter
+            )
+
+        self.backup.side_effect = backup
+        self._kill_when_started(signal.SIGINT, count=1)
+        with mock.patch.object(image_save, 'save_image', save_image):
+            report = self.execute([t], download=directory)
+        [row] = report.results
+        self.assertEqual('failed', row.result)
+        self.assertEqual([f"img-{t.id}"], row.backups, row.error + self.err.getvalue())
+        self.assertIn('interrupted (SIGINT)', row.error)
+        self.assertIn(f'The backup image img-{t.id} is active and complete',
+                      row.error)
+        self.assertIn('openstack backup image save --dir', row.error)
+        self.assertNotIn('\n', row.error)
+        self.assertEqual(130, report.exit_code())
+        # and on stderr, as the single verb says it
+        self.assertIn(f'img-{t.id} is active and complete (kept)',
+                      self.err.getvalue())
 
     def test_no_prune_after_an_interrupt(self):
         [t] = self.targets('a')

@@ -531,10 +531,15 @@ class TestBackupServer(ServerTestCase):
         self.bs.upload_volume_to_image.side_effect = errors.Interrupted(
             'SIGINT'
         )
-        self.assertRaises(KeyboardInterrupt, self.run_backup, server())
+        exc = self.assertRaises(errors.Interrupted, self.run_backup,
+                                server())
         self.assertIn(self.root_image.id, self.err.getvalue())
         self.assertIn('kept (complete)', self.err.getvalue())
         self.image_proxy.delete_image.assert_not_called()
+        # the interrupt names them too (a row of backup run lists them)
+        self.assertEqual('SIGINT', exc.signame)
+        self.assertEqual([self.root_image.id], exc.kept)
+        self.assertIn('kept (complete)', exc.detail)
 
     def test_inherited_record_is_removed(self):
         # the server booted from an image osc-backup made from a volume
