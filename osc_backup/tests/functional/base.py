@@ -328,6 +328,20 @@ class FunctionalTestCase(testtools.TestCase):
                     found.append((kind, name, row.get('Status')))
         return found
 
+    def temporaries_of(self, names, *, cloud=MEMBER_CLOUD):
+        """osc-backup temporaries (volumes, snapshots, images) of the
+        resources named ``names`` (``...-of-<name>``), from any run:
+        ``[(kind, name, status)]``."""
+        ends = tuple(f'-of-{n}' for n in names)
+        found = [t for t in self.temporaries(cloud=cloud)
+                 if t[1].endswith(ends)]
+        for row in self.openstack(['image', 'list'], cloud=cloud,
+                                  parse_output=True, quiet=True):
+            name = row.get('Name') or ''
+            if name.startswith(TEMPORARY_PREFIX) and name.endswith(ends):
+                found.append(('image', name, row.get('Status')))
+        return found
+
     # ---- resources (deleted by addCleanup) ------------------------------
     def unique_name(self, prefix='osc-backup-ft'):
         return f'{prefix}-{uuid.uuid4().hex[:10]}'

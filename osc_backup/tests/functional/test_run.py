@@ -60,14 +60,7 @@ class RunTestCase(base.FunctionalTestCase):
     def leftovers(self, vols):
         """osc-backup temporaries (volumes, snapshots, images) of ``vols``,
         from any run."""
-        ends = tuple(f'-of-{v["name"]}' for v in vols)
-        found = [t for t in self.temporaries() if t[1].endswith(ends)]
-        for row in self.openstack(['image', 'list'], parse_output=True,
-                                  quiet=True):
-            name = row.get('Name') or ''
-            if name.startswith(base.TEMPORARY_PREFIX) and name.endswith(ends):
-                found.append(('image', name, row.get('Status')))
-        return found
+        return self.temporaries_of([v['name'] for v in vols])
 
     def test_parallel_one_failure_and_shards(self):
         vols = self.volumes(4)
