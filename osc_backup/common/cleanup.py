@@ -339,9 +339,12 @@ class Cleanup:
                     left.append(undo)
             self._stack.clear()
         if kept:
+            lines = [f'  {u.remove_command}' for u in kept]
+            if self.run_id:
+                lines.append('  (or: ' + self._cleanup_command() + ')')
             self.reporter.note(
                 'Kept temporary resources (--keep-temporary); remove them '
-                'with:\n' + '\n'.join(f'  {u.remove_command}' for u in kept)
+                'with:\n' + '\n'.join(lines)
             )
         return left
 
@@ -365,14 +368,15 @@ class Cleanup:
         lines = [head]
         lines += [f'  {u.remove_command}' for u in left]
         if self.run_id and any(u.when == TEMPORARY for u in left):
-            lines.append(
-                '  (or: '
-                + shell_command(
-                    'openstack', 'backup', 'cleanup', '--run-id', self.run_id
-                )
-                + ')'
-            )
+            lines.append('  (or: ' + self._cleanup_command() + ')')
         return '\n'.join(lines)
+
+    def _cleanup_command(self) -> str:
+        """``openstack backup cleanup --run-id <run>``, quoted."""
+        assert self.run_id is not None
+        return shell_command(
+            'openstack', 'backup', 'cleanup', '--run-id', self.run_id
+        )
 
     @contextlib.contextmanager
     def creating(self) -> Iterator[None]:

@@ -98,13 +98,50 @@ class Options:
     parallel: int = DEFAULT_PARALLEL
     #: --then-prune: the retention policy applied to each ok source
     prune: retention.Policy | None = None
+    #: --then-prune: how each source's backups are grouped
+    #: (:func:`catalog.plan_prune`'s ``group_by``; always within the source)
+    prune_group_by: tuple[str, ...] = catalog.GROUP_FIELDS
+    #: --then-prune: the time zone that cuts the calendar periods
+    prune_tz: datetime.tzinfo = datetime.UTC
+    #: Cinder backup path: the backup container of every backup
+    container: str | None = None
+    #: the description of every backup (image property or Cinder backup
+    #: description), as the single verbs' --description
+    description: str | None = None
+    #: keep each resource's temporaries (their removal commands are
+    #: printed), as the single verbs' --keep-temporary
+    keep_temporary: bool = False
     interval: float | None = waits.DEFAULT_INTERVAL
 
     def image_only(self) -> list[str]:
         return ['--download'] if self.download is not None else []
 
     def backup_only(self) -> list[str]:
-        return ['--incremental'] if self.incremental else []
+        given = ['--incremental'] if self.incremental else []
+        if self.container is not None:
+            given.append('--container')
+        return given
+
+    def describe(self) -> list[str]:
+        """The options every resource's backup gets, one line each
+        (``--dry-run`` prints them)."""
+        lines = []
+        if self.container is not None:
+            lines.append(
+                f'Cinder backup container: {printable(self.container)}'
+            )
+        if self.description is not None:
+            lines.append(f'Description: {printable(self.description)}')
+        if self.keep_temporary:
+            lines.append('Temporaries are kept (--keep-temporary); their '
+                         'removal commands are printed')
+        if self.prune is not None:
+            lines.append(
+                'Then prune each ok source, grouped by '
+                f"'{','.join(self.prune_group_by)}', calendar periods in "
+                f'{self.prune_tz}'
+            )
+        return lines
 
 
 def check(opts: Options) -> None:
@@ -130,9 +167,23 @@ def check(opts: Options) -> None:
             '--download <directory>.'
         )
     if opts.method == volume_choice.IMAGE and backup_only:
+        verb = 'applies' if len(backup_only) == 1 else 'apply'
         raise errors.InvalidInput(
-            '--incremental only applies to the Cinder backup path '
-            '(--via-backup).'
+            f'{", ".join(backup_only)} only {verb} to the Cinder backup '
+            'path (--via-backup).'
+        )
+    if opts.container is not None and not opts.container.strip():
+        raise errors.InvalidInput('--container must not be empty.')
+    if opts.prune is None and (
+        opts.prune_group_by != catalog.GROUP_FIELDS
+        or opts.prune_tz is not datetime.UTC
+    ):
+        raise errors.InvalidInput('--group-by and --time-zone need '
+                                  '--then-prune.')
+    if 'source' not in opts.prune_group_by:
+        raise errors.InvalidInput(
+            "--group-by: backup run prunes each source on its own: give "
+            "'source,kind' (the default) or 'source'."
         )
     if opts.download is not None:
         volume_image.check_directory(opts.download)
@@ -297,10 +348,13 @@ def _backup_volume(
         if opts.download is not None else None
     )
     image_opts = volume_image.Options(
-        timeout=opts.timeout, interval=opts.interval, download=directory,
+        description=opts.description, timeout=opts.timeout,
+        interval=opts.interval, keep_temporary=opts.keep_temporary,
+        download=directory,
     )
     backup_opts = volume_backup.Options(
-        incremental=opts.incremental, timeout=opts.timeout,
+        description=opts.description, incremental=opts.incremental,
+        container=opts.container, timeout=opts.timeout,
         interval=opts.interval,
     )
 
@@ -340,8 +394,10 @@ def _backup_server(
         if opts.download is not None else None
     )
     sopts = server_plan.Options(
-        method=opts.method, incremental=opts.incremental,
-        timeout=opts.timeout, interval=opts.interval, download=directory,
+        method=opts.method, description=opts.description,
+        incremental=opts.incremental, container=opts.container,
+        timeout=opts.timeout, interval=opts.interval,
+        keep_temporary=opts.keep_temporary, download=directory,
     )
     plan = server_plan.prepare(conn, server, sopts, run, probe=True)
     result = server_backup.backup_server(
@@ -485,7 +541,9 @@ def execute(
         if opts.prune is not None and not token.cancelled:
             try:
                 prune_sources(conn, ordered, opts.prune, reporter,
-                              timeout=opts.timeout)
+                              timeout=opts.timeout,
+                              group_by=opts.prune_group_by,
+                              tz=opts.prune_tz)
             except errors.Interrupted:
                 pass  # the rows say which sources were not pruned
     return Report(
@@ -502,6 +560,8 @@ def prune_sources(
     *,
     timeout: float,
     now: datetime.datetime | None = None,
+    group_by: tuple[str, ...] = catalog.GROUP_FIELDS,
+    tz: datetime.tzinfo = datetime.UTC,
 ) -> None:
     """``--then-prune``: apply ``policy`` to the backups of each source
     whose backup in this run is ``ok`` (as ``backup prune --source
@@ -524,7 +584,8 @@ def prune_sources(
         label = f'{row.type} {row.resource}'
         reporter.step(f'Pruning the backups of {label}')
         selected = catalog.select(cat, catalog.Filters(sources={row.resource}))
-        plan = catalog.plan_prune(cat, selected, policy, now=now)
+        plan = catalog.plan_prune(cat, selected, policy, now=now,
+                                  group_by=group_by, tz=tz)
         # a unit of another source (a server run that holds this volume)
         # is never this source's to prune
         order = [u for u in plan.order if u.source_id == row.resource]

@@ -177,6 +177,33 @@ def add_retention_args(
     )
 
 
+def add_grouping_args(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    group_by_help: str | None = None,
+) -> None:
+    """--group-by and --time-zone: how ``backup prune`` (and ``backup run
+    --then-prune``) groups backups and cuts calendar periods."""
+    parser.add_argument(
+        '--group-by',
+        metavar='<fields>',
+        type=group_by_arg,
+        default=('source', 'kind'),
+        help=group_by_help or _(
+            "Apply the rules per 'source,kind' (default), per "
+            "'source' (the kinds of one source together), per "
+            "'kind', or to everything at once ('')"),
+    )
+    parser.add_argument(
+        '--time-zone',
+        metavar='<zone>',
+        type=zone_arg,
+        default=datetime.UTC,
+        help=_("Cut hours, days, weeks, months and years in this time "
+               "zone: UTC (default), 'local', or a name such as "
+               'Australia/Sydney'),
+    )
+
+
 def retention_policy(parsed_args: argparse.Namespace) -> Any:
     """The :class:`retention.Policy` of :func:`add_retention_args`."""
     from osc_backup.common import retention
@@ -519,24 +546,7 @@ class PruneBackup(command.ExitCode, _CatalogCommand, command.Lister):
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         add_retention_args(parser)
-        parser.add_argument(
-            '--group-by',
-            metavar='<fields>',
-            type=group_by_arg,
-            default=('source', 'kind'),
-            help=_("Apply the rules per 'source,kind' (default), per "
-                   "'source' (the kinds of one source together), per "
-                   "'kind', or to everything at once ('')"),
-        )
-        parser.add_argument(
-            '--time-zone',
-            metavar='<zone>',
-            type=zone_arg,
-            default=datetime.UTC,
-            help=_("Cut hours, days, weeks, months and years in this time "
-                   "zone: UTC (default), 'local', or a name such as "
-                   'Australia/Sydney'),
-        )
+        add_grouping_args(parser)
         _add_filter_args(parser)
         parser.add_argument(
             '--dry-run',

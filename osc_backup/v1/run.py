@@ -81,7 +81,13 @@ class RunBackup(command.ExitCode, command.Lister):
         "share the work without overlap. --then-prune applies the "
         "retention rules (--keep-last, --keep-daily...) to each source "
         "whose backup in this run succeeded, as 'backup prune --source' "
-        "would; a source whose backup failed is never pruned."
+        "would; a source whose backup failed is never pruned.\n\n"
+        "--container, --description and --keep-temporary apply to every "
+        "resource's backup as they do to the single verbs' (there is no "
+        "--name: one name cannot name many backups). With "
+        "--keep-temporary each resource lists its kept temporaries with "
+        "the commands that remove them, and the 'backup cleanup --run-id' "
+        "of its run."
     )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -140,6 +146,29 @@ class RunBackup(command.ExitCode, command.Lister):
                    "each volume's latest one (a full one when it has none)"),
         )
         parser.add_argument(
+            '--container',
+            metavar='<container>',
+            help=_('Cinder backup only: the backup container of every '
+                   'backup (driver-defined), as backup volume create '
+                   '--container; volumes then take the Cinder backup path'),
+        )
+        parser.add_argument(
+            '--description',
+            metavar='<description>',
+            help=_('Description of every backup (image property '
+                   'description, or the Cinder backup description), as '
+                   'the single verbs\' --description'),
+        )
+        parser.add_argument(
+            '--keep-temporary',
+            action='store_true',
+            help=_('Do not delete the temporaries (the image path\'s '
+                   'snapshot and volume of an in-use volume, a server\'s '
+                   'capture snapshots) for inspection; each resource '
+                   'prints the commands that remove them and its backup '
+                   'cleanup --run-id command'),
+        )
+        parser.add_argument(
             '--download',
             metavar='<directory>',
             help=_('Image path only: also download every backup image, '
@@ -166,10 +195,16 @@ class RunBackup(command.ExitCode, command.Lister):
             action='store_true',
             help=_('After the backups, delete the old backups of each '
                    'source whose backup succeeded, by the retention rules '
-                   'below (as backup prune --source <ID>; per source and '
-                   'kind, calendar periods in UTC)'),
+                   'below (as backup prune --source <ID>; each source on '
+                   'its own)'),
         )
         catalog_cmd.add_retention_args(prune)
+        catalog_cmd.add_grouping_args(
+            prune,
+            _("Apply the rules to each source's backups per kind "
+              "('source,kind', the default) or to all its kinds together "
+              "('source'); never across sources"),
+        )
         parser.add_argument(
             '--dry-run',
             action='store_true',
@@ -213,6 +248,11 @@ class RunBackup(command.ExitCode, command.Lister):
                 catalog_cmd.retention_policy(parsed_args)
                 if parsed_args.then_prune else None
             ),
+            prune_group_by=parsed_args.group_by,
+            prune_tz=parsed_args.time_zone,
+            container=parsed_args.container,
+            description=parsed_args.description,
+            keep_temporary=parsed_args.keep_temporary,
         )
         criteria = run_plan.Criteria(
             volumes=list(parsed_args.volumes),
@@ -249,6 +289,8 @@ class RunBackup(command.ExitCode, command.Lister):
             )
         columns = list(run_plan.COLUMNS)
         if parsed_args.dry_run:
+            for line in opts.describe():
+                reporter.note(f'Dry run: {line}.')
             columns.append(REASON_COLUMN)
             rows = [[*list(_row(r)), r.reason] for r in planned]
             summary = run_plan.summarize(planned, 0.0)

@@ -7,6 +7,7 @@ tests running in the same project are never touched.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -187,3 +188,57 @@ class RunTestCase(base.FunctionalTestCase):
         p = self.backup_run('--via-backup', '--download', '/tmp', fmt=False)
         self.assertEqual(2, p.returncode, p.stderr)
         self.assertEqual(1, len(p.stderr.strip().splitlines()), p.stderr)
+
+    def test_container_and_keep_temporary(self):
+        # an in-use volume: the image path goes through a temporary
+        # snapshot and volume, which --keep-temporary keeps
+        [vol] = self.volumes(1, attach=(0,))
+        container = self.unique_name('ft-run-container')
+        p = self.backup_run('--via-backup', '--container', container,
+                            '--description', 'ft nightly')
+        self.assertEqual(0, p.returncode, p.stderr)
+        row = self.rows(p)[vol['id']]
+        [backup_id] = row['Backup']
+        self.addCleanup(self._delete_simple, 'volume backup', backup_id,
+                        base.MEMBER_CLOUD)
+        self.assertEqual(('ok', 'backup'), (row['Result'], row['Method']))
+        backup = self.openstack(['volume', 'backup', 'show', backup_id],
+                                parse_output=True)
+        self.assertEqual(container, backup['container'])
+        self.assertEqual('ft nightly', backup['description'])
+        # --container cannot go with the image path: one line, exit 2
+        p = self.backup_run('--via-image', '--container', container,
+                            fmt=False)
+        self.assertEqual(2, p.returncode, p.stderr)
+        self.assertEqual(1, len(p.stderr.strip().splitlines()), p.stderr)
+        self.assertIn('--container', p.stderr)
+
+        p = self.backup_run('--via-image', '--keep-temporary')
+        match = re.search(r'openstack backup cleanup --run-id (\S+)\)',
+                          p.stderr)
+        self.assertIsNotNone(match, p.stderr)
+        run_id = match.group(1)
+        # also when the test fails below: the temporaries go first
+        self.addCleanup(self.run_cli, ['backup', 'cleanup', '--run-id',
+                                       run_id], quiet=True)
+        self.assertEqual(0, p.returncode, p.stderr)
+        row = self.rows(p)[vol['id']]
+        self.assertEqual(('ok', 'image'), (row['Result'], row['Method']))
+        self.assertIn('Kept temporary resources', p.stderr)
+        kept = self.temporaries(run_id)
+        self.assertEqual({'volume', 'volume snapshot'},
+                         {kind for kind, _name, _status in kept}, kept)
+        for kind, name, _status in kept:
+            ident = self.openstack([*kind.split(), 'show', name],
+                                   parse_output=True)['id']
+            # each is named with its removal command
+            self.assertIn(f'openstack {kind} delete {ident}', p.stderr)
+        removed = self.openstack(['backup', 'cleanup', '--run-id', run_id],
+                                 parse_output=True)
+        self.assertTrue(removed)
+        self.assertTrue(all(r['Result'] == 'deleted' for r in removed),
+                        removed)
+        self.assertEqual([], self.temporaries(run_id))
+        self.assertEqual([], self.leftovers([vol]))
+        self.assertEqual('in-use', self.openstack(
+            ['volume', 'show', vol['id']], parse_output=True)['status'])

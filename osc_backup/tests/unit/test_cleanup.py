@@ -187,6 +187,17 @@ class TestCleanup(base.TestCase):
             self._add(c, 'snap')
         self.assertEqual([], self.calls)
         self.assertIn('openstack volume delete snap', self.err.getvalue())
+        self.assertNotIn('backup cleanup', self.err.getvalue())
+
+    def test_keep_temporary_names_the_runs_cleanup(self):
+        c = _cleanup.Cleanup(self.reporter, keep_temporary=True,
+                             run_id='r1')
+        with c.guard():
+            self._add(c, 'snap')
+        self.assertEqual([], self.calls)
+        err = self.err.getvalue()
+        self.assertIn('openstack volume delete snap', err)
+        self.assertIn('(or: openstack backup cleanup --run-id r1)', err)
 
     def test_keep_temporary_still_removes_partials_on_failure(self):
         c = _cleanup.Cleanup(self.reporter, keep_temporary=True)

@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+import zoneinfo
 from unittest import mock
 
 import fixtures
@@ -215,6 +216,62 @@ class Run(RunBase):
         self.assertTrue(shared.confirmed)
 
 
+class PerResourceOptions(RunBase):
+    """--container, --description, --keep-temporary reach the single
+    verbs' procedure options."""
+
+    def test_volume_gets_them(self):
+        [t] = self.targets('a')
+        self.backup.return_value = image_result(t.id)
+        self.execute([t], method='auto', container='c1', description='d1',
+                     keep_temporary=True)
+        image_opts, backup_opts = self.backup.call_args.args[3:5]
+        self.assertEqual('c1', backup_opts.container)
+        self.assertEqual('d1', backup_opts.description)
+        self.assertEqual('d1', image_opts.description)
+        self.assertTrue(image_opts.keep_temporary)
+
+    def test_defaults_change_nothing(self):
+        [t] = self.targets('a')
+        self.backup.return_value = image_result(t.id)
+        self.execute([t])
+        image_opts, backup_opts = self.backup.call_args.args[3:5]
+        self.assertIsNone(backup_opts.container)
+        self.assertIsNone(image_opts.description)
+        self.assertFalse(image_opts.keep_temporary)
+
+    def test_server_gets_them(self):
+        server = mock.Mock(id='s1', availability_zone='nova')
+        server.name = 's'
+        t = run_plan.Target(run_plan.SERVER, server)
+        prepare = self.useFixture(fixtures.MockPatchObject(
+            run_exec.server_plan, 'prepare')).mock
+        prepare.return_value.disks = []
+        self.useFixture(fixtures.MockPatchObject(
+            run_exec.server_backup, 'backup_server',
+            return_value={'artifacts': [
+                {'id': 'b1', 'method': 'backup'}]}))
+        report = self.execute([t], method='backup', container='c1',
+                              description='d1', keep_temporary=True)
+        self.assertEqual('ok', report.results[0].result)
+        sopts = prepare.call_args.args[2]
+        self.assertEqual(('c1', 'd1', True),
+                         (sopts.container, sopts.description,
+                          sopts.keep_temporary))
+
+    def test_describe(self):
+        self.assertEqual([], run_exec.Options().describe())
+        lines = run_exec.Options(
+            container='c1', description='d\x1b1', keep_temporary=True,
+            prune=retention.Policy(last=1), prune_group_by=('source',),
+        ).describe()
+        text = '\n'.join(lines)
+        self.assertIn('container: c1', text)
+        self.assertNotIn('\x1b', text)
+        self.assertIn('kept', text)
+        self.assertIn("grouped by 'source'", text)
+
+
 class Prune(RunBase):
     """--then-prune: only sources whose backup is ok, only their own."""
 
@@ -287,6 +344,16 @@ class Prune(RunBase):
         self.assertIn('HTTP 409', report.results[0].prune_error)
         self.assertEqual(1, report.exit_code())
 
+    def test_group_by_and_time_zone_reach_the_plan(self):
+        [t] = self.targets('a')
+        self.backup.return_value = image_result(t.id)
+        zone = zoneinfo.ZoneInfo('Australia/Sydney')
+        self.execute([t], prune=retention.Policy(daily=1),
+                     prune_group_by=('source',), prune_tz=zone)
+        kw = catalog.plan_prune.call_args.kwargs
+        self.assertEqual(('source',), kw['group_by'])
+        self.assertIs(zone, kw['tz'])
+
     def test_no_prune_without_the_option(self):
         [t] = self.targets('a')
         self.backup.return_value = image_result(t.id)
@@ -304,6 +371,17 @@ class Check(base.TestCase):
             (dict(method='image', incremental=True), '--incremental'),
             (dict(download='/nonexistent/dir'), 'does not exist'),
             (dict(prune=retention.Policy()), 'retention rule'),
+            (dict(method='image', container='c'),
+             '--container only applies to the Cinder backup path'),
+            (dict(method='image', container='c', incremental=True),
+             '--incremental, --container only apply'),
+            (dict(download='.', container='c'), 'cannot be combined'),
+            (dict(container=' '), '--container must not be empty'),
+            (dict(prune_group_by=('source',)), 'need --then-prune'),
+            (dict(prune_tz=zoneinfo.ZoneInfo('Europe/Paris')),
+             'need --then-prune'),
+            (dict(prune=retention.Policy(last=1), prune_group_by=('kind',)),
+             'each source on its own'),
         ):
             exc = self.assertRaises(
                 errors.InvalidInput, run_exec.check, run_exec.Options(**opts)

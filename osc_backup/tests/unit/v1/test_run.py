@@ -100,6 +100,58 @@ class TestRunBackup(base.TestCommand):
         line = self._invalid(['--all-volumes', '--download', '/nonexist'])
         self.assertIn('does not exist', line)
 
+    def test_per_resource_option_mixes_exit_2(self):
+        line = self._invalid(['--all-volumes', '--via-image',
+                              '--container', 'c'])
+        self.assertIn('--container only applies to the Cinder backup path',
+                      line)
+        line = self._invalid(['--all-volumes', '--download', '.',
+                              '--container', 'c'])
+        self.assertIn('cannot be combined', line)
+        line = self._invalid(['--all-volumes', '--time-zone', 'local'])
+        self.assertIn('need --then-prune', line)
+        line = self._invalid(['--all-volumes', '--then-prune',
+                              '--keep-last', '1', '--group-by', 'kind'])
+        self.assertIn("'source,kind' (the default) or 'source'", line)
+
+    def test_per_resource_options_reach_the_procedure(self):
+        import zoneinfo
+
+        a, _b = self.vols
+        self.execute.return_value = report([
+            run_plan.ResourceResult(a.id, 'volume', 'a', 'ok', 'backup')])
+        self.run_cmd(['--volume', 'a', '--via-backup', '--container', 'c1',
+                      '--description', 'nightly', '--keep-temporary',
+                      '--then-prune', '--keep-daily', '7',
+                      '--group-by', 'source',
+                      '--time-zone', 'Australia/Sydney'])
+        opts = self.execute.call_args.args[2]
+        self.assertEqual('c1', opts.container)
+        self.assertEqual('nightly', opts.description)
+        self.assertTrue(opts.keep_temporary)
+        self.assertEqual(('source',), opts.prune_group_by)
+        self.assertEqual(zoneinfo.ZoneInfo('Australia/Sydney'),
+                         opts.prune_tz)
+
+    def test_dry_run_shows_the_per_resource_options(self):
+        _parsed, (columns, rows) = self.run_cmd(
+            ['--property', 'backup=nightly', '--via-backup', '--container',
+             'c1', '--description', 'nightly', '--keep-temporary',
+             '--dry-run'])
+        self.execute.assert_not_called()
+        err = self.stderr.getvalue()
+        self.assertIn('Dry run: Cinder backup container: c1.', err)
+        self.assertIn('Dry run: Description: nightly.', err)
+        self.assertIn('--keep-temporary', err)
+        self.assertEqual(['backup', 'backup'],
+                         [dict(zip(columns, r))['Method'] for r in rows])
+
+    def test_bad_time_zone_is_refused_at_parse_time(self):
+        err = self.check_parser_error(
+            self.cmd, ['--all-volumes', '--then-prune', '--keep-last', '1',
+                       '--time-zone', 'Mars/Olympus'])
+        self.assertIn('is not a time zone', err)
+
     def test_nothing_selected_needs_no_cloud(self):
         with mock.patch.object(self.cmd, 'connection') as connection:
             self._invalid(['--exclude', 'a'])
