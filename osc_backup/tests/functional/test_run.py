@@ -46,6 +46,29 @@ class RunTestCase(base.FunctionalTestCase):
             argv += ['-f', 'json']
         return self.run_cli(argv)
 
+    def interrupted(self, args, ready, what, *, interval=0.3):
+        """``backup run`` of this test's selection with ``args`` (-f
+        json), SIGINT to its process group once ``ready()`` holds (failing
+        if it ends first or ``what`` never comes): the finished
+        ``CompletedProcess``."""
+        argv = [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
+                'run', '--property', f'{KEY}={self.value}', *args,
+                '-f', 'json']
+        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        deadline = time.time() + base.WAIT_TIMEOUT
+        while not ready():
+            self.assertIsNone(proc.poll(), 'finished before the signal')
+            self.assertLess(time.time(), deadline, f'no {what}')
+            time.sleep(interval)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=600)
+        self.record(argv, proc.returncode, out, err)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
     def rows(self, p):
         rows = json.loads(p.stdout)
         for row in rows:
@@ -143,25 +166,14 @@ class RunTestCase(base.FunctionalTestCase):
 
     def test_sigint_cleans_up_and_exits_130(self):
         vols = self.volumes(2, attach=(0, 1))
-        argv = [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
-                'run', '--property', f'{KEY}={self.value}', '--via-image',
-                '--parallel', '2', '-f', 'json']
-        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
         # a temporary volume of one of them exists: the run is in flight
-        deadline = time.time() + base.WAIT_TIMEOUT
-        while not any(kind == 'volume' for kind, *_ in
-                      self.leftovers(vols)):
-            self.assertIsNone(proc.poll(), 'finished before the signal')
-            self.assertLess(time.time(), deadline, 'no temporary volume')
-            time.sleep(0.3)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=600)
-        self.record(argv, proc.returncode, out, err)
-        self.assertEqual(130, proc.returncode, err)
+        p = self.interrupted(
+            ['--via-image', '--parallel', '2'],
+            lambda: any(kind == 'volume' for kind, *_ in
+                        self.leftovers(vols)),
+            'temporary volume')
+        out, err = p.stdout, p.stderr
+        self.assertEqual(130, p.returncode, err)
         self.assertIn('SIGINT received: starting nothing more', err)
         self.assertIn('Interrupted by SIGINT.', err)
         rows = {r['Resource']: r for r in json.loads(out)}
@@ -176,6 +188,43 @@ class RunTestCase(base.FunctionalTestCase):
         for vol in vols:
             self.assertEqual('in-use', self.openstack(
                 ['volume', 'show', vol['id']], parse_output=True)['status'])
+
+    def test_sigint_during_download_names_the_kept_image(self):
+        [vol] = self.volumes(1, mib=64)
+        directory = self.useFixture(fixtures.TempDir()).path
+
+        def downloading():
+            # the set is written in a hidden '.<data file>.partial'
+            # directory of the resource's directory
+            return any(
+                n.endswith('.partial')
+                for sub in os.listdir(directory)
+                for n in os.listdir(os.path.join(directory, sub))
+            )
+
+        p = self.interrupted(['--via-image', '--download', directory],
+                             downloading, 'download', interval=0.05)
+        row = self.rows(p)[vol['id']]
+        self.assertEqual(130, p.returncode, p.stderr)
+        self.assertEqual('failed', row['Result'], row)
+        [image_id] = row['Backup']
+        self.assertIn('interrupted (SIGINT)', row['Error'])
+        self.assertIn(f'The backup image {image_id} is active and complete',
+                      row['Error'])
+        self.assertEqual('active', self.openstack(
+            ['image', 'show', image_id], parse_output=True)['status'])
+        self.assertEqual([], self.leftovers([vol]))
+        # the command the row gives finishes the download: the same bytes
+        [sub] = os.listdir(directory)
+        here = os.path.join(directory, sub)
+        self.assertIn(f'backup image save --dir {here} {image_id}',
+                      row['Error'])
+        self.openstack(['backup', 'image', 'save', '--dir', here, image_id])
+        data = [f for f in os.listdir(here)
+                if os.path.getsize(os.path.join(here, f)) == base.GiB]
+        self.assertEqual(1, len(data), os.listdir(here))
+        self.assertEqual(vol['sha256'],
+                         self.sha256_file(os.path.join(here, data[0])))
 
     def test_bad_input_exits_2_and_creates_nothing(self):
         name = self.unique_name('ft-run-missing')
