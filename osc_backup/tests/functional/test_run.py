@@ -46,11 +46,12 @@ class RunTestCase(base.FunctionalTestCase):
             argv += ['-f', 'json']
         return self.run_cli(argv)
 
-    def interrupted(self, args, ready, what, *, interval=0.3):
+    def interrupted(self, args, ready, what, *, interval=0.3,
+                    may_finish=False):
         """``backup run`` of this test's selection with ``args`` (-f
         json), SIGINT to its process group once ``ready()`` holds (failing
-        if it ends first or ``what`` never comes): the finished
-        ``CompletedProcess``."""
+        if it ends first, unless ``may_finish``, or ``what`` never comes):
+        the finished ``CompletedProcess``."""
         argv = [base.OPENSTACK, '--os-cloud', base.MEMBER_CLOUD, 'backup',
                 'run', '--property', f'{KEY}={self.value}', *args,
                 '-f', 'json']
@@ -61,10 +62,13 @@ class RunTestCase(base.FunctionalTestCase):
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         deadline = time.time() + base.WAIT_TIMEOUT
         while not ready():
+            if may_finish and proc.poll() is not None:
+                break
             self.assertIsNone(proc.poll(), 'finished before the signal')
             self.assertLess(time.time(), deadline, f'no {what}')
             time.sleep(interval)
-        os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=600)
         self.record(argv, proc.returncode, out, err)
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
@@ -203,8 +207,13 @@ class RunTestCase(base.FunctionalTestCase):
             )
 
         p = self.interrupted(['--via-image', '--download', directory],
-                             downloading, 'download', interval=0.05)
+                             downloading, 'download', interval=0.05,
+                             may_finish=True)
         row = self.rows(p)[vol['id']]
+        if p.returncode == 0 and row['Result'] == 'ok':
+            # as test_image's interrupted downloads: a fast machine can
+            # finish the 1 GiB before the signal lands
+            self.skipTest('the download finished before SIGINT arrived')
         self.assertEqual(130, p.returncode, p.stderr)
         self.assertEqual('failed', row['Result'], row)
         [image_id] = row['Backup']
