@@ -61,7 +61,7 @@ from osc_backup.common import records
 from osc_backup.common import tags
 from osc_backup.common import volumes
 from osc_backup.common import waits
-from osc_backup.common.cleanup import PARTIAL, Cleanup
+from osc_backup.common.cleanup import PARTIAL, Cleanup, shell_command
 from osc_backup.common.progress import Reporter
 from osc_backup.procedures import image_save
 from osc_backup.procedures import secrets
@@ -616,6 +616,9 @@ def download_image(
     """Save the image as a backup set (with its key when ``with_key``);
     the one download path."""
     reporter.step(f'Downloading image {image_id} into {directory}')
+    resume = shell_command(
+        'openstack', 'backup', 'image', 'save', '--dir', directory, image_id
+    )
     try:
         saved = image_save.save_image(
             conn, image_id, directory, with_key=with_key, reporter=reporter
@@ -623,16 +626,14 @@ def download_image(
     except errors.BackupError as exc:
         raise errors.BackupError(
             f'The backup image {image_id} is active and complete, but the '
-            f'download failed: {exc} Resume it with: openstack backup image '
-            f'save --dir {directory} {image_id}'
+            f'download failed: {exc} Resume it with: {resume}'
         ) from exc
     except KeyboardInterrupt as exc:
         # the image is a complete backup, kept: name it (the row of
         # ``backup run`` lists it) and how to finish the download
         kept = (
             f'The backup image {image_id} is active and complete (kept), '
-            'but its download was interrupted. Resume it with: openstack '
-            f'backup image save --dir {shlex.quote(directory)} {image_id}'
+            f'but its download was interrupted. Resume it with: {resume}'
         )
         reporter.note(kept)
         raise errors.keeping(exc, [image_id], kept) from exc

@@ -417,6 +417,14 @@ class FunctionalTestCase(testtools.TestCase):
         self.wait_for_status('volume', volume, 'available', cloud=cloud)
         return image
 
+    def delete_image_if_present(self, ident, cloud=MEMBER_CLOUD):
+        """Cleanup of an image a command made, which the test (or the
+        command) may already have deleted."""
+        if self.run_cli(['image', 'show', ident], cloud=cloud,
+                        quiet=True).returncode:
+            return
+        self._delete_simple('image', ident, cloud)
+
     def _delete_simple(self, resource, ident, cloud):
         self._wait_not_busy(resource, ident, cloud)
         out = self.openstack([*resource.split(), 'delete', ident],

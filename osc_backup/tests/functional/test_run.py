@@ -77,13 +77,8 @@ class RunTestCase(base.FunctionalTestCase):
         rows = json.loads(p.stdout)
         for row in rows:
             for image_id in row.get('Backup') or []:
-                self.addCleanup(self._delete_backup, image_id)
+                self.addCleanup(self.delete_image_if_present, image_id)
         return {row['Resource']: row for row in rows}
-
-    def _delete_backup(self, ident):
-        if self.run_cli(['image', 'show', ident], quiet=True).returncode:
-            return
-        self._delete_simple('image', ident, base.MEMBER_CLOUD)
 
     def leftovers(self, vols):
         """osc-backup temporaries (volumes, snapshots, images) of ``vols``,
@@ -184,7 +179,7 @@ class RunTestCase(base.FunctionalTestCase):
         self.assertEqual({v['id'] for v in vols}, set(rows))
         for row in rows.values():
             for image_id in row['Backup']:
-                self.addCleanup(self._delete_backup, image_id)
+                self.addCleanup(self.delete_image_if_present, image_id)
             if row['Result'] == 'failed':
                 self.assertIn('interrupted', row['Error'])
         self.assertIn('failed', {r['Result'] for r in rows.values()})

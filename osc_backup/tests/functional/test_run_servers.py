@@ -10,7 +10,6 @@ import json
 import os
 import stat
 
-from osc_backup.tests.functional import base
 from osc_backup.tests.functional import test_server
 
 KEY = 'osc-backup-ft-run'
@@ -28,11 +27,6 @@ class RunServersTestCase(test_server.ServerTestBase):
                         f'{KEY}={self.value}', vol['id']])
         return vol, self.write_random(vol['id'], mib=3,
                                       offset_mib=offset_mib)
-
-    def _delete_image(self, ident):
-        if self.run_cli(['image', 'show', ident], quiet=True).returncode:
-            return
-        self._delete_simple('image', ident, base.MEMBER_CLOUD)
 
     def image_sets(self, directory):
         """``{source volume ID or server disk: data file}`` of the image
@@ -70,7 +64,7 @@ class RunServersTestCase(test_server.ServerTestBase):
         rows = json.loads(p.stdout or '[]')
         for row in rows:
             for ident in row.get('Backup') or []:
-                self.addCleanup(self._delete_image, ident)
+                self.addCleanup(self.delete_image_if_present, ident)
         self.assertEqual(0, p.returncode, p.stderr)
 
         # one row per resource: the attached volume is part of its server
